@@ -1,3 +1,3 @@
-"""Loads the kubeha pytest plugin for everything under this repository."""
+"""Loads the kubeha pytest plugin and the report writers for everything under this repository."""
 
-pytest_plugins = ["kubeha.plugin"]
+pytest_plugins = ["kubeha.plugin", "reports.pytest_plugin"]

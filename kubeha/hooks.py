@@ -15,7 +15,7 @@ import pytest
 if TYPE_CHECKING:
     from kubeha.core.model import ControlResult, RunReport
     from kubeha.core.timeline import Timeline
-    from kubeha.plugin import KubehaCluster
+    from kubeha.pytest_plugin.cluster import KubehaCluster
     from kubeha.providers.base import Provider
 
 __all__ = [
@@ -35,6 +35,9 @@ def pytest_kubeha_cluster_required(config: pytest.Config) -> bool | None:
     None to leave the decision to other implementations. Giving ``--kubeconfig`` or ``--cluster`` on the command
     line always requires a cluster. Without any True answer the session runs without a cluster and tests that ask
     for one fail with the options to pass.
+
+    Only initial conftests are consulted (see above): implement it in the conftest.py of the directory that holds
+    the cluster tests or above it. `kubeha.pytest_plugin.selection.needs_cluster` decides from the selected paths.
     """
 
 

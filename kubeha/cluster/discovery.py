@@ -88,10 +88,6 @@ KIND_PROVIDER_PREFIX = "kind://"
 INGRESS_CONTROLLER_HINTS = ("ingress", "traefik", "contour", "envoy-gateway", "haproxy-ingress", "kong")
 APP_LABELS = ("app", "app.kubernetes.io/name", "app.kubernetes.io/component", "k8s-app")
 
-# An external etcd member's peer URL is known only to etcd itself; the API never shows it.
-EXTERNAL_PEER_URL_UNKNOWN = "unknown"
-
-
 class DiscoveryError(RuntimeError):
     """The cluster does not look like what the suite can test; the message says what was missing."""
 
@@ -512,7 +508,8 @@ def _etcd(
         "hosts of those URLs and peer URLs are not visible through the API"
     )
     members = tuple(
-        EtcdMember(name=_url_host(url), peer_url=EXTERNAL_PEER_URL_UNKNOWN, client_url=url, node=None) for url in urls
+        # An external member's peer URL is known only to etcd itself; the API never shows it.
+        EtcdMember(name=_url_host(url), peer_url=None, client_url=url, node=None) for url in urls
     )
     return EtcdMode.EXTERNAL, members
 

@@ -3,15 +3,22 @@
 A run directory shared by the xdist controller and its workers holds:
 
 - ``state.json``: the limits and the active claims (holder, pid, process identity, worker, grant times);
-- ``log.jsonl``: every request, wait, grant, release, reclaim, refusal and timeout, each with monotonic and wall
-  times. Grants, releases and reclaims carry a ``ledger`` object (`kubeha.core.budget.LedgerEvent`), so
-  `usage_from_log` can prove after the fact that the limits held;
+- ``log.jsonl``: every request, wait, grant, release, reclaim, deferred reclaim, refusal and timeout, each with
+  monotonic and wall times. Grants, releases and reclaims carry a ``ledger`` object
+  (`kubeha.core.budget.LedgerEvent`), so `usage_from_log` can prove after the fact that the limits held;
 - ``coordinator.lock``: the file lock every read-modify-write of the two files happens under.
 
 `Coordinator.acquire` blocks, re-checking every `POLL_INTERVAL_S`, until `kubeha.core.budget.decide` grants the
 claim; it raises `BudgetTimeout` naming the holders when the timeout passes, and `BudgetImpossible` at once for a
-claim that could never be granted. Claims held by processes that no longer exist (a worker that crashed) are
-reclaimed, and the reclaim is logged.
+claim that could never be granted.
+
+Claims held by processes that no longer run (a worker that crashed, including one that exited and was not reaped
+yet) are reclaimed, and the reclaim is logged. A dead holder's claim stands for faults that may still be in place:
+when the coordinator knows the cluster's undo journal (``journal_cluster_id``), it keeps the claim of a dead holder
+whose journal entries for that cluster are not all undone, and logs ``reclaim-deferred``; the claim is freed once
+they are (by the xdist controller, which replays a crashed worker's entries and then calls `Coordinator.reclaim`, or
+by the next session's replay). Without ``journal_cluster_id`` a dead holder's claim is freed at once, which is right
+only for callers whose faults never outlive their process.
 """
 
 from __future__ import annotations
@@ -20,8 +27,7 @@ import json
 import os
 import socket
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +47,7 @@ from kubeha.core.jsonfields import (
     get_optional_str,
     get_str,
 )
-from kubeha.faults.journal import process_identity
+from kubeha.faults.journal import pending, process_alive, process_identity
 
 __all__ = [
     "ActiveClaim",
@@ -187,21 +193,35 @@ class _State:
 
 
 def _alive(held: ActiveClaim) -> bool:
+    """Whether the holder still runs; a holder on another host is assumed to (its liveness cannot be checked)."""
     if held.host != socket.gethostname():
         return True
+    return process_alive(held.pid, held.process)
+
+
+def _read_limits(run_dir: Path) -> Limits | None:
+    """The limits recorded in `run_dir`'s state file, or None when no claim was ever made there."""
+    state_path = run_dir / STATE_FILE
     try:
-        os.kill(held.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return process_identity(held.pid) == held.process
+        text = state_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        decoded: JsonValue = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise JsonFormatError(
+            f"coordinator state {state_path} is not JSON ({error}): it is written atomically, so it was edited by "
+            "hand; remove the run directory and rerun"
+        ) from None
+    return _State.from_dict(as_object(decoded, str(state_path)), str(state_path)).limits
 
 
 class Coordinator:
     """The fault budget for one run, shared through `run_dir` by every process of the run.
 
     Every process must pass the same `limits` (derive them from the same topology); a mismatch is an error.
+    `journal_cluster_id` (the cluster's id in the undo journal, under `journal_state_dir`) makes the reclaim of a
+    dead holder's claim wait until its journal entries for that cluster are undone.
     """
 
     def __init__(
@@ -211,13 +231,40 @@ class Coordinator:
         *,
         worker_id: str | None = None,
         poll_interval_s: float = POLL_INTERVAL_S,
+        journal_cluster_id: str | None = None,
+        journal_state_dir: Path | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.limits = limits
         self.worker_id = worker_id
         self.poll_interval_s = poll_interval_s
+        self.journal_cluster_id = journal_cluster_id
+        self.journal_state_dir = journal_state_dir
         self._lock = filelock.FileLock(str(run_dir / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
         self._host = socket.gethostname()
+        self._deferred: set[tuple[str, int, str]] = set()  # dead holders whose deferral this process logged
+
+    @classmethod
+    def of_run(
+        cls,
+        run_dir: Path,
+        *,
+        worker_id: str | None = None,
+        journal_cluster_id: str | None = None,
+        journal_state_dir: Path | None = None,
+    ) -> Coordinator | None:
+        """The coordinator of `run_dir` with the limits its state file records, or None when no claim was ever
+        made there (so there is nothing to reclaim). For a process that did not discover the topology itself."""
+        limits = _read_limits(run_dir)
+        if limits is None:
+            return None
+        return cls(
+            run_dir,
+            limits,
+            worker_id=worker_id,
+            journal_cluster_id=journal_cluster_id,
+            journal_state_dir=journal_state_dir,
+        )
 
     @property
     def state_path(self) -> Path:
@@ -280,6 +327,11 @@ class Coordinator:
             if _alive(held):
                 kept.append(held)
                 continue
+            left = self._faults_left_by(held)
+            if left:
+                kept.append(held)
+                self._log_deferral(held, left)
+                continue
             self._log(
                 "reclaim",
                 held.claim.holder,
@@ -287,6 +339,29 @@ class Coordinator:
                 LedgerEvent.release(held.claim.holder),
             )
         return state if len(kept) == len(state.active) else _State(state.limits, tuple(kept))
+
+    def _faults_left_by(self, held: ActiveClaim) -> int:
+        """How many undo-journal entries of the holder's process are not undone (0 without a journal to read)."""
+        if self.journal_cluster_id is None:
+            return 0
+        return sum(
+            1
+            for entry in pending(self.journal_cluster_id, state_dir=self.journal_state_dir)
+            if entry.pid == held.pid and entry.process == held.process and entry.host == held.host
+        )
+
+    def _log_deferral(self, held: ActiveClaim, left: int) -> None:
+        key = (held.claim.holder, held.pid, held.process)
+        if key in self._deferred:
+            return
+        self._deferred.add(key)
+        self._log(
+            "reclaim-deferred",
+            held.claim.holder,
+            f"process {held.pid} (worker {held.worker}) is gone but {left} fault(s) it injected are not undone yet: "
+            f"its claim {held.claim.describe()} stays until they are (the xdist controller or the next session "
+            "replays them)",
+        )
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -310,6 +385,32 @@ class Coordinator:
             if fresh is not state:
                 self._save(fresh)
             return fresh.active
+
+    def reclaim(self, processes: Collection[tuple[int, str]], reason: str) -> tuple[ActiveClaim, ...]:
+        """Release the claims held on this host by `processes` ((pid, `process_identity`) pairs), whether or not they
+        still look alive, logging each as a reclaim with `reason`; returns the claims released.
+
+        For the xdist controller once a crashed worker's faults are undone: xdist reports a worker down before its
+        process is reaped, and possibly before it has fully exited.
+        """
+        wanted = frozenset(processes)
+        with self._locked():
+            state = self._load()
+            released = tuple(
+                held for held in state.active if held.host == self._host and (held.pid, held.process) in wanted
+            )
+            if not released:
+                return ()
+            self._save(_State(state.limits, tuple(held for held in state.active if held not in released)))
+            for held in released:
+                self._log(
+                    "reclaim",
+                    held.claim.holder,
+                    f"process {held.pid} (worker {held.worker}): {reason}; its claim {held.claim.describe()} is "
+                    "released",
+                    LedgerEvent.release(held.claim.holder),
+                )
+            return released
 
     def acquire(self, claim: Claim, timeout_s: float) -> AbstractContextManager[Grant]:
         """Block until `claim` fits the budget (at most `timeout_s`), hold it for the ``with`` block, release it."""
@@ -410,13 +511,10 @@ def usage_from_log(run_dir: Path, limits: Limits | None = None) -> LedgerReplay:
     is the most control-plane nodes ever down at once; ``result.violations`` lists any breach of the limits.
     """
     if limits is None:
-        state_path = run_dir / STATE_FILE
-        try:
-            decoded: JsonValue = json.loads(state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        limits = _read_limits(run_dir)
+        if limits is None:
             raise FileNotFoundError(
-                f"no coordinator state at {state_path}: no claim was ever made in {run_dir}, or pass limits"
-            ) from None
-        limits = _State.from_dict(as_object(decoded, str(state_path)), str(state_path)).limits
+                f"no coordinator state at {run_dir / STATE_FILE}: no claim was ever made in {run_dir}, or pass limits"
+            )
     ledger = [record.ledger.to_dict() for record in read_log(run_dir) if record.ledger is not None]
     return replay_json(ledger, limits)

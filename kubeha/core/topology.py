@@ -83,18 +83,25 @@ class Node:
 
 @dataclass(frozen=True)
 class EtcdMember:
-    """One voting etcd member. `node` names the `Node` it runs on, or is None for an external host not modelled."""
+    """One voting etcd member. `node` names the `Node` it runs on, or is None for an external host not modelled.
+
+    `peer_url` is None when it cannot be known: an external member's peer URL is visible to etcd only, never through
+    the Kubernetes API.
+    """
 
     name: str
-    peer_url: str
+    peer_url: str | None
     client_url: str
     node: str | None = None
 
     def __post_init__(self) -> None:
         _require_text(self.name, "etcd member name", "use the name shown by `etcdctl member list`")
-        _require_text(
-            self.peer_url, f"etcd member {self.name} peer_url", "use the member's --initial-advertise-peer-urls"
-        )
+        if self.peer_url is not None:
+            _require_text(
+                self.peer_url,
+                f"etcd member {self.name} peer_url",
+                "use the member's --initial-advertise-peer-urls, or None when it is not known",
+            )
         _require_text(
             self.client_url, f"etcd member {self.name} client_url", "use the member's --advertise-client-urls"
         )

@@ -2,7 +2,10 @@
 
 Before a fault is injected, its undo action is appended to a JSON-lines file; after the fault is restored, a state
 record marks it done. A run that crashed (killed, power cut, Ctrl-C during restore) leaves entries pending; the next
-session replays them with `replay`, newest first, and fails loudly on any it cannot undo.
+session replays them with `replay`, newest first, and fails loudly on any it cannot undo. A process is gone when its
+pid no longer exists, names another process (pid reuse, reboot), or names a zombie (exited, not yet reaped by its
+parent). `replay_processes` undoes the entries of given processes whatever their liveness: the xdist controller uses
+it for a worker that xdist reported down, and a process for its own faults whose restore failed.
 
 Layout: ``<state_dir>/journal-<cluster id>/<pid>-<random>.jsonl``, one file per process, so writers rarely share a
 file. ``state_dir`` defaults to ``$XDG_STATE_HOME/kubeha`` (``~/.local/state/kubeha``). Every append happens under
@@ -26,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -61,9 +64,11 @@ __all__ = [
     "default_state_dir",
     "entries",
     "pending",
+    "process_alive",
     "process_identity",
     "prune",
     "replay",
+    "replay_processes",
 ]
 
 # Appends are quick; a writer that cannot get the lock this long is stuck behind a dead NFS lock or similar.
@@ -280,33 +285,64 @@ def _boot_id() -> str:
         return "unknown-boot"
 
 
-def _start_ticks(pid: int) -> str | None:
-    """The process start time in clock ticks since boot (Linux), which tells a pid from its reuse."""
+# /proc/<pid>/stat states of a process that has exited: Z (zombie: not yet reaped by its parent, as a crashed xdist
+# worker is when xdist reports it down) and X (being reaped). Such a process holds nothing and will undo nothing.
+_EXITED_STATES = frozenset({"Z", "X"})
+
+
+@dataclass(frozen=True)
+class _ProcStat:
+    state: str
+    start_ticks: str | None
+
+
+def _proc_stat(pid: int) -> _ProcStat | None:
+    """The state and start time (clock ticks since boot) of process `pid` from /proc (Linux), or None if unreadable."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
+    # The command name in parentheses may contain spaces and parentheses: the fields follow the last ')'.
     fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else None
+    if not fields:
+        return None
+    return _ProcStat(state=fields[0], start_ticks=fields[19] if len(fields) > 19 else None)
+
+
+def _identity_of(stat: _ProcStat | None) -> str:
+    start = stat.start_ticks if stat is not None else None
+    return f"{_boot_id()}:{start or 'unknown'}"
 
 
 def process_identity(pid: int | None = None) -> str:
     """A string naming process `pid` (default: this one) uniquely on this host across pid reuse and reboots."""
-    target = os.getpid() if pid is None else pid
-    return f"{_boot_id()}:{_start_ticks(target) or 'unknown'}"
+    return _identity_of(_proc_stat(os.getpid() if pid is None else pid))
+
+
+def process_alive(pid: int, identity: str) -> bool:
+    """Whether the process `identity` (from `process_identity`) with pid `pid` on this host still runs.
+
+    A process that exited but was not reaped yet (a zombie) is not running, and a pid reused by another process does
+    not count either. One read of /proc/<pid>/stat gives both the state and the start time, so the answer is
+    consistent even if the pid is reused meanwhile.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user: /proc tells the rest
+    stat = _proc_stat(pid)
+    if stat is not None and stat.state in _EXITED_STATES:
+        return False
+    return _identity_of(stat) == identity
 
 
 def _alive(pid: int, identity: str, host: str) -> bool | None:
     """Whether the process that wrote an entry still runs; None when it ran on another host."""
     if host != socket.gethostname():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return process_identity(pid) == identity
+    return process_alive(pid, identity)
 
 
 class Journal:
@@ -484,12 +520,55 @@ def replay(provider: Provider, cluster_id: str, *, state_dir: Path | None = None
     Entries of live processes (another session or xdist worker still running its fault) are skipped, as are entries
     written on another host, whose liveness cannot be checked from here.
     """
+
+    def skip_reason(entry: JournalEntry) -> str | None:
+        alive = _alive(entry.pid, entry.process, entry.host)
+        if alive is None:
+            return f"written on host {entry.host}: replay it there"
+        if alive:
+            return f"process {entry.pid} that wrote it is still running"
+        return None
+
+    return _replay(provider, cluster_id, state_dir, lambda entry: True, skip_reason)
+
+
+def replay_processes(
+    provider: Provider,
+    cluster_id: str,
+    processes: Collection[tuple[int, str]],
+    *,
+    state_dir: Path | None = None,
+) -> ReplayResult:
+    """Undo the unresolved entries written on this host by `processes` ((pid, `process_identity`) pairs), newest
+    first, whether or not those processes still look alive, and record the outcome of each.
+
+    For a caller that knows the processes will inject nothing more: the process itself after a test, or the xdist
+    controller once xdist reported a worker down (possibly before that worker's process has fully exited). Entries
+    of other processes are left alone (they are not in the result). Runs under the same lock as `replay`, so a
+    concurrent replay by another session never undoes an entry twice.
+    """
+    wanted = frozenset(processes)
+    host = socket.gethostname()
+
+    def selected(entry: JournalEntry) -> bool:
+        return entry.host == host and (entry.pid, entry.process) in wanted
+
+    return _replay(provider, cluster_id, state_dir, selected, lambda entry: None)
+
+
+def _replay(
+    provider: Provider,
+    cluster_id: str,
+    state_dir: Path | None,
+    selected: Callable[[JournalEntry], bool],
+    skip_reason: Callable[[JournalEntry], str | None],
+) -> ReplayResult:
     directory = cluster_journal_dir(cluster_id, state_dir)
     if not directory.is_dir():
         return ReplayResult(undone=(), failed=(), skipped=())
     try:
         with _lock(directory, "replay.lock", REPLAY_LOCK_TIMEOUT_S):
-            return _replay_locked(provider, cluster_id, directory)
+            return _replay_locked(provider, cluster_id, directory, selected, skip_reason)
     except filelock.Timeout:
         raise OSError(
             f"another replay of journal {directory} held its lock for {REPLAY_LOCK_TIMEOUT_S:.0f} s: "
@@ -497,18 +576,23 @@ def replay(provider: Provider, cluster_id: str, *, state_dir: Path | None = None
         ) from None
 
 
-def _replay_locked(provider: Provider, cluster_id: str, directory: Path) -> ReplayResult:
+def _replay_locked(
+    provider: Provider,
+    cluster_id: str,
+    directory: Path,
+    selected: Callable[[JournalEntry], bool],
+    skip_reason: Callable[[JournalEntry], str | None],
+) -> ReplayResult:
     undone: list[JournalEntry] = []
     failed: list[ReplayFailure] = []
     skipped: list[ReplaySkip] = []
     writer = Journal(cluster_id, provider_name=provider.name, state_dir=directory.parent)
     for entry in reversed(_unresolved(directory)):
-        alive = _alive(entry.pid, entry.process, entry.host)
-        if alive is None:
-            skipped.append(ReplaySkip(entry, f"written on host {entry.host}: replay it there"))
+        if not selected(entry):
             continue
-        if alive:
-            skipped.append(ReplaySkip(entry, f"process {entry.pid} that wrote it is still running"))
+        reason = skip_reason(entry)
+        if reason is not None:
+            skipped.append(ReplaySkip(entry, reason))
             continue
         try:
             entry.undo.apply(provider)

@@ -6,17 +6,21 @@ grant/release intervals, which must not overlap when the limit is one.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import pytest
 
-from kubeha.coordination import BudgetImpossible, BudgetTimeout, Coordinator, read_log, usage_from_log
+from kubeha.coordination import BudgetImpossible, BudgetTimeout, Coordinator, Grant, read_log, usage_from_log
 from kubeha.core.budget import Claim, Limits, ResourceKind
 from kubeha.core.topology import EtcdMode
+from kubeha.faults import FaultPlan, Journal, UndoAction, UndoOp, replay
 
 FORK = multiprocessing.get_context("fork")
 K = ResourceKind
@@ -193,3 +197,88 @@ def test_processes_must_agree_on_limits(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="same topology"):
         with Coordinator(tmp_path, limits(2)).acquire(Claim("b", {K.WORKER_NODE: 1}), timeout_s=1):
             pass
+
+
+# -- holders that exited but were not reaped (a crashed xdist worker when xdist reports it down) ----------------------
+
+CLUSTER_ID = "kind-kubeha"
+# The ``zombie`` fixture (tests/unit/conftest.py): forks a child running the work, returns its pid once unreaped.
+MakeZombie = Callable[[Callable[[], None]], int]
+
+
+def _acquire_and_exit(run_dir: Path, state_dir: Path | None = None) -> Callable[[], None]:
+    """Work for a child that takes a claim, optionally injects a fault through the journal, and exits holding both."""
+    held: list[AbstractContextManager[Grant]] = []  # never exited: collecting it would release the claim
+
+    def work() -> None:
+        coordinator = Coordinator(run_dir, limits(), worker_id="gw5", poll_interval_s=POLL_S)
+        held.append(coordinator.acquire(Claim("test_crashes", {K.CONTROL_PLANE_NODE: 1}), timeout_s=CHILD_TIMEOUT_S))
+        held[0].__enter__()
+        if state_dir is not None:
+            journal = Journal(CLUSTER_ID, provider_name="fake", state_dir=state_dir, worker_id="gw5")
+            journal.record(UndoAction(UndoOp.START_NODE, node="cp-1"))
+
+    return work
+
+
+def _holder(run_dir: Path) -> tuple[int, str]:
+    """The (pid, process identity) of the only claim in the state file, read without reclaiming anything."""
+    (held,) = json.loads((run_dir / "state.json").read_text())["active"]
+    return held["pid"], held["process"]
+
+
+def test_claim_of_an_unreaped_holder_is_reclaimed(tmp_path: Path, zombie: MakeZombie) -> None:
+    pid = zombie(_acquire_and_exit(tmp_path))
+    coordinator = Coordinator(tmp_path, limits(), worker_id="gw0", poll_interval_s=POLL_S)
+    assert coordinator.active() == ()
+    with coordinator.acquire(Claim("test_after_crash", {K.CONTROL_PLANE_NODE: 1}), timeout_s=1.0):
+        pass
+    reclaims = [record for record in read_log(tmp_path) if record.event == "reclaim"]
+    assert [record.holder for record in reclaims] == ["test_crashes"]
+    assert f"process {pid} (worker gw5) is gone" in reclaims[0].detail
+    usage = usage_from_log(tmp_path)
+    assert usage.within_limits and usage.unreleased == ()
+
+
+def test_claim_stays_until_the_dead_holders_faults_are_undone(tmp_path: Path, zombie: MakeZombie) -> None:
+    run_dir, state_dir = tmp_path / "run", tmp_path / "state"
+    pid = zombie(_acquire_and_exit(run_dir, state_dir))
+    coordinator = Coordinator(
+        run_dir, limits(), worker_id="gw0", poll_interval_s=POLL_S, journal_cluster_id=CLUSTER_ID,
+        journal_state_dir=state_dir,
+    )
+    # cp-1 is still stopped: another control-plane fault must wait, however dead the holder is.
+    with pytest.raises(BudgetTimeout, match="test_crashes"):
+        with coordinator.acquire(Claim("test_stop_cp", {K.CONTROL_PLANE_NODE: 1}), timeout_s=0.3):
+            pytest.fail("granted while the dead holder's fault is still in place")
+    assert [held.pid for held in coordinator.active()] == [pid]
+    deferred = [record for record in read_log(run_dir) if record.event == "reclaim-deferred"]
+    assert len(deferred) == 1 and "1 fault(s) it injected are not undone yet" in deferred[0].detail
+
+    plan = FaultPlan(("cp-1",), provider_name="fake")
+    assert replay(plan, CLUSTER_ID, state_dir=state_dir).ok
+    assert plan.describe() == ("start_node cp-1",)
+    with coordinator.acquire(Claim("test_stop_cp", {K.CONTROL_PLANE_NODE: 1}), timeout_s=1.0):
+        pass
+    events = [(record.event, record.holder) for record in read_log(run_dir)]
+    assert events.index(("reclaim", "test_crashes")) < events.index(("grant", "test_stop_cp"))
+    assert usage_from_log(run_dir).within_limits
+
+
+def test_controller_reclaims_a_crashed_workers_claims(tmp_path: Path, zombie: MakeZombie) -> None:
+    zombie(_acquire_and_exit(tmp_path))
+    pid, process = _holder(tmp_path)
+    coordinator = Coordinator.of_run(tmp_path)
+    assert coordinator is not None and coordinator.limits == limits()
+    assert coordinator.reclaim({(pid + 1, process)}, "worker gw5 crashed") == ()
+    (released,) = coordinator.reclaim({(pid, process)}, "worker gw5 crashed; its faults are undone")
+    assert released.claim.holder == "test_crashes"
+    (record,) = [record for record in read_log(tmp_path) if record.event == "reclaim"]
+    assert "worker gw5 crashed; its faults are undone" in record.detail
+    assert coordinator.active() == ()
+    usage = usage_from_log(tmp_path)
+    assert usage.within_limits and usage.unreleased == ()
+
+
+def test_no_coordinator_for_a_run_without_claims(tmp_path: Path) -> None:
+    assert Coordinator.of_run(tmp_path) is None

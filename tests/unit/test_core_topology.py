@@ -164,6 +164,19 @@ def test_node_validation() -> None:
         Node("n", WORKER, " ")
 
 
+def test_etcd_member_peer_url_may_be_unknown_but_not_blank() -> None:
+    external = EtcdMember("etcd-a.example", None, "https://etcd-a.example:2379")
+    assert external.peer_url is None
+    topology = Topology(
+        nodes=(Node("cp0", CP, "10.0.0.0"),), etcd_members=(external,), etcd_mode=EtcdMode.EXTERNAL
+    )
+    assert topology.etcd_tolerance() == 0
+    with pytest.raises(TopologyError, match="peer_url.*--initial-advertise-peer-urls, or None when it is not known"):
+        EtcdMember("e", " ", "https://e:2379")
+    with pytest.raises(TopologyError, match="client_url"):
+        EtcdMember("e", None, "")
+
+
 def test_load_balancer_validation_and_endpoint() -> None:
     assert LoadBalancer("10.0.0.1", 6443, "haproxy").endpoint == "10.0.0.1:6443"
     assert LoadBalancer("fd00::1", 443, "vip").endpoint == "[fd00::1]:443"

@@ -325,6 +325,7 @@ def test_external_etcd_from_apiserver_flags() -> None:
     topology = found.topology
     assert topology.etcd_mode is EtcdMode.EXTERNAL
     assert [(m.name, m.node) for m in topology.etcd_members] == [("10.1.0.1", None), ("10.1.0.2", None)]
+    assert [m.peer_url for m in topology.etcd_members] == [None, None]
     assert topology.load_balancer is not None and topology.load_balancer.kind == "external"
     assert any("etcd is external" in note for note in found.notes)
     assert any("no kube-controller-manager static pod" in note for note in found.notes)

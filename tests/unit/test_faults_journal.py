@@ -10,18 +10,28 @@ import json
 import multiprocessing
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kubeha.core.jsonfields import JsonFormatError
 from kubeha.faults import EntryState, FaultPlan, Journal, UndoAction, UndoOp, node_stopped, pending, replay
-from kubeha.faults.journal import cluster_journal_dir, entries, process_identity, prune
+from kubeha.faults.journal import (
+    cluster_journal_dir,
+    entries,
+    process_alive,
+    process_identity,
+    prune,
+    replay_processes,
+)
 from kubeha.providers.base import Component, LoadBalancerConfig, ProviderError
 
 CLUSTER = "kind-kubeha"
 FORK = multiprocessing.get_context("fork")
 CHILD_TIMEOUT_S = 30.0
+# The ``zombie`` fixture (tests/unit/conftest.py): forks a child running the work, returns its pid once unreaped.
+MakeZombie = Callable[[Callable[[], None]], int]
 
 
 class FailingPlan(FaultPlan):
@@ -123,6 +133,50 @@ def test_entries_of_live_processes_are_not_replayed(tmp_path: Path) -> None:
     assert result.undone == () and provider.describe() == ()
     assert [(skip.entry.id, "still running" in skip.reason) for skip in result.skipped] == [(mine.id, True)]
     assert [entry.id for entry in pending(CLUSTER, state_dir=tmp_path)] == [mine.id]
+
+
+def _record_and_exit(state_dir: Path, node: str) -> Callable[[], None]:
+    """Work for a child that injects a fault and exits without restoring it, as a crashed xdist worker does."""
+
+    def work() -> None:
+        Journal(CLUSTER, provider_name="fake", state_dir=state_dir, worker_id="gw1").record(
+            UndoAction(UndoOp.START_NODE, node=node)
+        )
+
+    return work
+
+
+def test_unreaped_process_counts_as_dead(tmp_path: Path, zombie: MakeZombie) -> None:
+    pid = zombie(_record_and_exit(tmp_path, "cp-1"))
+    (entry,) = pending(CLUSTER, state_dir=tmp_path)
+    assert entry.pid == pid
+    # The zombie still has its pid and start time: only its state tells that it exited.
+    assert process_identity(pid) == entry.process
+    assert not process_alive(pid, entry.process)
+    assert process_alive(os.getpid(), process_identity())
+    assert not process_alive(os.getpid(), "another-boot:12345")  # the identity check still applies
+
+    provider = FailingPlan()
+    result = replay(provider, CLUSTER, state_dir=tmp_path)
+    assert [undone.id for undone in result.undone] == [entry.id] and result.skipped == ()
+    assert provider.describe() == ("start_node cp-1",)
+    assert pending(CLUSTER, state_dir=tmp_path) == ()
+
+
+def test_replay_of_given_processes_leaves_the_others(tmp_path: Path, zombie: MakeZombie) -> None:
+    crashed = zombie(_record_and_exit(tmp_path, "cp-1"))
+    other = zombie(_record_and_exit(tmp_path, "cp-2"))
+    mine = Journal(CLUSTER, provider_name="fake", state_dir=tmp_path).record(UndoAction(UndoOp.START_NODE, node="w-1"))
+    identities = {entry.pid: entry.process for entry in pending(CLUSTER, state_dir=tmp_path)}
+
+    provider = FailingPlan()
+    result = replay_processes(provider, CLUSTER, {(crashed, identities[crashed])}, state_dir=tmp_path)
+    assert [entry.undo.node for entry in result.undone] == ["cp-1"] and result.ok and result.skipped == ()
+    assert provider.describe() == ("start_node cp-1",)
+    # A live process is replayed too when named (a process undoing its own faults), whatever its liveness.
+    own = replay_processes(provider, CLUSTER, {(os.getpid(), process_identity())}, state_dir=tmp_path)
+    assert [entry.id for entry in own.undone] == [mine.id]
+    assert [entry.pid for entry in pending(CLUSTER, state_dir=tmp_path)] == [other]
 
 
 def _append_raw(path: Path, record: dict[str, object]) -> None:

@@ -12,7 +12,8 @@ from kubeha.cluster.discovery import Discovery
 from kubeha.cluster.identity import ClusterIdentity
 from kubeha.consent import Consent, ConsentSource
 from kubeha.core.topology import EtcdMember, EtcdMode, Node, Role, Topology
-from kubeha.plugin import ClusterHandle, _Controller
+from kubeha.pytest_plugin.controller import Controller
+from kubeha.pytest_plugin.runcontext import ClusterHandle
 
 pytest_plugins = ["pytester"]
 
@@ -129,7 +130,7 @@ def private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def controller_cluster(monkeypatch: pytest.MonkeyPatch, pytester: pytest.Pytester) -> None:
     """Make the controller set up the fake cluster instead of kind (the workers use the conftest's fixtures)."""
 
-    def set_up(self: _Controller) -> ClusterHandle:
+    def set_up(self: Controller) -> ClusterHandle:
         self.discovery = Discovery(topology=_topology(), lb_distinct_from_nodes=True)
         return ClusterHandle(
             kubeconfig=pytester.path / "kubeconfig",
@@ -141,7 +142,7 @@ def controller_cluster(monkeypatch: pytest.MonkeyPatch, pytester: pytest.Pyteste
             created=False,
         )
 
-    monkeypatch.setattr(_Controller, "_set_up_cluster", set_up)
+    monkeypatch.setattr(Controller, "_set_up_cluster", set_up)
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -226,6 +227,15 @@ def test_faults_of_a_crashed_worker_are_replayed(pytester: pytest.Pytester, cont
     assert calls == ["stop_node w-2", "start_node w-2"]
     result.stdout.fnmatch_lines(["*worker gw0 crashed*undid 1 fault(s) left in place", "undone: start node w-2 (pid *)"])
     assert result.ret != pytest.ExitCode.OK
+    # Its claim is freed only after its fault is undone, and the coordinator logs that as a reclaim.
+    result.stdout.fnmatch_lines(["released the fault-budget claim(s) of crashed worker gw0: *test_crash*"])
+    timeline = (pytester.path / "out" / "reports" / "fake-timeline.txt").read_text().splitlines()
+    assert timeline.index("journal replay") < timeline.index("coordinator reclaim")
+    [run_dir] = (pytester.path / "out" / "reports" / "runs").iterdir()
+    log = [json.loads(line) for line in (run_dir / "coordinator" / "log.jsonl").read_text().splitlines()]
+    reclaims = [record for record in log if record["event"] == "reclaim"]
+    assert [record["holder"] for record in reclaims] == ["test_faults_of_a_crashed_worker_are_replayed.py::test_crash"]
+    assert "worker gw0 crashed" in reclaims[0]["detail"] and reclaims[0]["ledger"] is not None
 
 
 def test_certification_fails_when_no_control_produced_a_result(
