@@ -1,0 +1,132 @@
+"""The embedded kind HA cluster, checked as a new user would check it, against the real cluster.
+
+The plugin creates the cluster once on the controller (tests/conftest.py says these tests need it); these tests
+reuse it through fixtures.kind and never delete it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fixtures.kind import api
+from fixtures.kind.readiness import ReadinessError, check_health
+from kubeha.core.outage import ProbeStats
+from kubeha.faults.faults import node_stopped
+from kubeha.faults.journal import Journal, pending
+from kubeha.probes.api import ApiProbe
+from kubeha.probes.credentials import KubeconfigCredentials
+from kubeha.providers.kind import KindProvider
+
+pytestmark = pytest.mark.integration
+
+NODE_READY_TIMEOUT_S = 300.0
+API_BACK_TIMEOUT_S = 120.0
+POLL_S = 2.0
+# 20 Hz scheduled, so that the achieved rate stays at 10 Hz or more on a loaded 2-core machine.
+PROBE_INTERVAL_S = 0.05
+EXPECTED_CONTROL_PLANES = 3
+EXPECTED_WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def kubeconfig() -> Path:
+    status = api.cluster_status(api.DEFAULT_CLUSTER_NAME)
+    assert status.exists and status.kubeconfig is not None, (
+        "the embedded cluster does not exist; tests/conftest.py should have made the plugin create it "
+        "(run `./run python -m fixtures.kind create` to create it by hand)")
+    return status.kubeconfig
+
+
+def kubectl(kubeconfig: Path, *args: str, timeout: float = 60.0) -> str:
+    proc = subprocess.run([str(api._kubectl()), "--kubeconfig", str(kubeconfig), *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"kubectl {' '.join(args)} failed: {proc.stderr}"
+    return proc.stdout
+
+
+def etcd_member_health(kubeconfig: Path, via_pod: str) -> list[dict[str, object]]:
+    out = kubectl(kubeconfig, "exec", "-n", "kube-system", via_pod, "--", "etcdctl",
+                  "--endpoints=https://127.0.0.1:2379", "--cacert=/etc/kubernetes/pki/etcd/ca.crt",
+                  "--cert=/etc/kubernetes/pki/etcd/server.crt", "--key=/etc/kubernetes/pki/etcd/server.key",
+                  "endpoint", "health", "--cluster", "-w", "json")
+    parsed = json.loads(out)
+    assert isinstance(parsed, list)
+    return parsed
+
+
+def test_three_control_planes_behind_the_load_balancer_and_two_workers_ready(kubeconfig: Path) -> None:
+    """Done-when 1: through the LB, 3 control-plane and 2 worker nodes Ready, kube-system Running, /readyz ok."""
+    health = check_health(kubeconfig, expected_nodes=EXPECTED_CONTROL_PLANES + EXPECTED_WORKERS,
+                          kubectl=api._kubectl())
+    assert health.ready, health.describe()
+    assert (health.control_planes, health.workers) == (EXPECTED_CONTROL_PLANES, EXPECTED_WORKERS), health.describe()
+    server = kubectl(kubeconfig, "config", "view", "-o", "jsonpath={.clusters[0].cluster.server}")
+    lb = subprocess.run(["docker", "port", f"{api.DEFAULT_CLUSTER_NAME}-external-load-balancer", "6443/tcp"],
+                        capture_output=True, text=True, check=True).stdout.split()[0]
+    assert server == f"https://{lb}", f"the kubeconfig points at {server}, not at the load balancer {lb}"
+    config = subprocess.run(["docker", "exec", f"{api.DEFAULT_CLUSTER_NAME}-external-load-balancer", "cat",
+                             "/usr/local/etc/haproxy/haproxy.cfg"], capture_output=True, text=True, check=True).stdout
+    assert "option httpchk GET /healthz" in config and config.count("check-ssl") == EXPECTED_CONTROL_PLANES
+    print(f"\n{health.describe()}; kubeconfig server {server} is the load balancer")
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    yield Journal("embedded-kubeha", provider_name="kind", state_dir=tmp_path / "state")
+
+
+def wait_for(predicate: object, timeout_s: float, what: str) -> float:
+    start = time.monotonic()
+    last = ""
+    while time.monotonic() - start < timeout_s:
+        try:
+            result = predicate()  # type: ignore[operator]
+        except (AssertionError, ReadinessError, subprocess.SubprocessError) as exc:
+            last = str(exc)
+        else:
+            if result:
+                return time.monotonic() - start
+        time.sleep(POLL_S)
+    raise AssertionError(f"{what} not reached within {timeout_s:.0f} s: {last}")
+
+
+def test_stopping_a_control_plane_node_gap_then_recovery(kubeconfig: Path, journal: Journal) -> None:
+    """Done-when 2: stop one control-plane node's container; the API answers again through the LB (gap measured
+    by a 10 Hz probe on new connections); start it again: the node is Ready and etcd reports 3 healthy members."""
+    provider = KindProvider(api.DEFAULT_CLUSTER_NAME)
+    victim = f"{api.DEFAULT_CLUSTER_NAME}-control-plane2"
+    with KubeconfigCredentials(kubeconfig) as creds:
+        probe = ApiProbe(creds.endpoint, interval_s=PROBE_INTERVAL_S)
+        with probe:
+            time.sleep(2.0)
+            with node_stopped(provider, victim, journal=journal):
+                stopped_at = time.monotonic()
+                time.sleep(20.0)
+            restarted_at = time.monotonic()
+            time.sleep(2.0)
+        result = probe.result().main
+    stats: ProbeStats = result.stats
+    during = [s for s in result.samples if stopped_at <= s.t_mono <= restarted_at]
+    tail = [s for s in during if s.t_mono >= restarted_at - 5.0]
+    print(f"\nAPI through the LB while {victim} was stopped: {result.rate_hz:.1f} Hz, {stats.count} probes, "
+          f"{stats.failures} failed, longest outage {stats.longest_outage_s:.2f} s, "
+          f"total outage {stats.total_outage_s:.2f} s, errors {dict(stats.error_counts)}")
+    assert result.rate_hz >= 10.0, f"probe ran at {result.rate_hz:.1f} Hz, below 10 Hz"
+    assert tail and all(s.ok for s in tail), (
+        "the API did not answer through the load balancer in the last 5 s of the node's outage: "
+        f"{sum(not s.ok for s in tail)} of {len(tail)} probes failed")
+    ready_s = wait_for(lambda: check_health(kubeconfig, expected_nodes=5, kubectl=api._kubectl()).ready,
+                       NODE_READY_TIMEOUT_S, f"{victim} Ready again and kube-system Running")
+    members = etcd_member_health(kubeconfig, f"etcd-{api.DEFAULT_CLUSTER_NAME}-control-plane")
+    healthy = [m for m in members if m.get("health") is True]
+    print(f"{victim} back: cluster ready {ready_s:.0f} s after restart; etcd members healthy: {len(healthy)}"
+          f"/{len(members)}")
+    assert len(healthy) == EXPECTED_CONTROL_PLANES, f"etcd health after restart: {members}"
+    left = pending(journal.cluster_id, state_dir=journal.directory.parent)
+    assert not left, f"the fault left undo entries pending: {left}"
