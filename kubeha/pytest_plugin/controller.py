@@ -107,10 +107,15 @@ class Controller:
             assert options.kubeconfig is not None  # parse_settings: ATTACH comes with a kubeconfig
             target = KubeconfigTarget(options.kubeconfig.path, options.kubeconfig.context)
             return self._attach(target, options.kubeconfig.context, created=False)
-        from fixtures.kind.api import delete_cluster, ensure_cluster
+        from fixtures.kind.api import SETUP_ERRORS, delete_cluster, ensure_cluster
         from fixtures.kind.progress import Progress
 
-        kind_cluster = ensure_cluster(options.cluster_name, progress=Progress())
+        try:
+            kind_cluster = ensure_cluster(options.cluster_name, progress=Progress())
+        except SETUP_ERRORS as error:
+            raise pytest.UsageError(
+                f"cannot set up the embedded cluster {options.cluster_name}: {error}\n"
+                "(or attach to an existing cluster with --kubeconfig)") from None
         ready = False
         try:
             handle = self._attach(KubeconfigTarget(kind_cluster.kubeconfig, None), kind_cluster.name, kind_cluster.created)
