@@ -96,6 +96,7 @@ def wait_for(predicate: object, timeout_s: float, what: str) -> float:
     raise AssertionError(f"{what} not reached within {timeout_s:.0f} s: {last}")
 
 
+@pytest.mark.disruptive(control_plane_nodes=1, reason="stops one control-plane node's container")
 def test_stopping_a_control_plane_node_gap_then_recovery(kubeconfig: Path, journal: Journal) -> None:
     """Done-when 2: stop one control-plane node's container; the API answers again through the LB (gap measured
     by a 10 Hz probe on new connections); start it again: the node is Ready and etcd reports 3 healthy members."""
