@@ -7,6 +7,12 @@ there are no etcd pods and the apiserver's ``/readyz`` (which includes its etcd 
 
 The assessment is pure (`assess`); `check_once` reads the API for it and `wait_for_steady_state` polls until the
 state holds or a named timeout expires.
+
+What the API shows of a node is what its kubelet last reported. For the seconds a restarted node's kubelet takes to
+come back, the node still shows Ready and its pods ready, from before the fault, although its etcd member and API
+server are not running. `SteadyStateGate.wait` therefore also waits until every node's kubelet has renewed its Lease
+in ``kube-node-lease`` since the wait began (`LeaseFreshness`), and trusts the status read one poll after that: it was
+reported after the fault. Kubelets renew their Lease every 10 s by default, so the gate waits about that long.
 """
 
 from __future__ import annotations
@@ -15,16 +21,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kubernetes.client import ApiClient
+from kubernetes.client import ApiClient, CoordinationV1Api
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubeha.cluster.client import REQUEST_TIMEOUT_S
-from kubeha.cluster.discovery import ETCD_COMPONENT, NodeInfo, PodInfo, read_kube_system_pods, read_nodes
+from kubeha.cluster.discovery import ETCD_COMPONENT, FORBIDDEN, NodeInfo, PodInfo, read_kube_system_pods, read_nodes
 from kubeha.core.topology import EtcdMode, Topology
 
 __all__ = [
     "HealthReport",
+    "LeaseFreshness",
+    "NODE_LEASE_NAMESPACE",
     "SteadyStateGate",
     "READYZ_PATH",
     "STEADY_STATE_POLL_S",
@@ -32,6 +40,7 @@ __all__ = [
     "ReadyzAnswer",
     "assess",
     "check_once",
+    "read_lease_renewals",
     "wait_for_steady_state",
 ]
 
@@ -42,6 +51,8 @@ STEADY_STATE_POLL_S = 3.0
 READYZ_PATH = "/readyz"
 # Pod phase of a finished run-to-completion pod: neither running nor broken.
 SUCCEEDED = "Succeeded"
+# Where each kubelet renews the Lease named after its node.
+NODE_LEASE_NAMESPACE = "kube-node-lease"
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,60 @@ def check_once(client: ApiClient, *, expected_etcd_pods: int | None = None) -> t
     return assess(nodes, pods, readyz, expected_etcd_pods=expected_etcd_pods)
 
 
+def read_lease_renewals(client: ApiClient) -> dict[str, float]:
+    """When each node's kubelet last renewed its Lease, by node name, in seconds since the epoch on that kubelet's
+    clock (compare them with each other, not with this host's clock)."""
+    leases = CoordinationV1Api(client).list_namespaced_lease(NODE_LEASE_NAMESPACE, _request_timeout=REQUEST_TIMEOUT_S)
+    renewals: dict[str, float] = {}
+    for lease in leases.items:
+        name = lease.metadata.name if lease.metadata is not None else None
+        renewed = lease.spec.renew_time if lease.spec is not None else None
+        if name and renewed is not None:
+            renewals[name] = renewed.timestamp()
+    return renewals
+
+
+class LeaseFreshness:
+    """Which nodes' kubelets have not reported since the first call: until they have, what the API shows of those
+    nodes and their pods may predate the last fault.
+
+    A node counts as reported once its Lease was seen renewed at an earlier call than the current one: a kubelet that
+    just came back may renew its Lease a moment before it posts its pods' status, so the status read at the call that
+    first sees the renewal is not trusted yet. Each node's renewal is compared with its own earlier renewal, so the
+    nodes' clocks need not agree with this host's. Without permission to read the Leases nothing is reported (the
+    check cannot be made); a node whose Lease is missing is not waited for.
+    """
+
+    def __init__(self, client: ApiClient, read: Callable[[ApiClient], dict[str, float]] = read_lease_renewals) -> None:
+        self._client = client
+        self._read = read
+        self._baseline: dict[str, float] | None = None
+        self._reported: set[str] = set()
+        self._forbidden = False
+
+    def problems(self) -> tuple[str, ...]:
+        if self._forbidden:
+            return ()
+        try:
+            current = self._read(self._client)
+        except ApiException as error:
+            if error.status == FORBIDDEN:
+                self._forbidden = True
+                return ()
+            return (f"cannot read the node Leases in {NODE_LEASE_NAMESPACE}: {_request_error(error)}",)
+        except (HTTPError, OSError) as error:
+            return (f"cannot read the node Leases in {NODE_LEASE_NAMESPACE}: {_request_error(error)}",)
+        baseline = current if self._baseline is None else self._baseline
+        self._baseline = baseline
+        waiting = [name for name in sorted(baseline) if name in current and name not in self._reported]
+        self._reported.update(name for name in waiting if current[name] > baseline[name])
+        return tuple(
+            f"node {name}: its kubelet has not reported since the health check began (no Lease renewal seen before "
+            "this check), so what the API shows of it may predate the last fault"
+            for name in waiting
+        )
+
+
 def wait_for_steady_state(
     client: ApiClient,
     *,
@@ -174,13 +239,19 @@ def wait_for_steady_state(
     poll_s: float = STEADY_STATE_POLL_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    freshness: LeaseFreshness | None = None,
 ) -> HealthReport:
-    """Assess until the cluster is in its steady state or `timeout_s` has passed; the last problems on timeout."""
+    """Assess until the cluster is in its steady state or `timeout_s` has passed; the last problems on timeout.
+
+    With `freshness`, the state holds only once every kubelet has reported since the wait began; the Leases are read
+    before the nodes and pods, so that a renewal seen proves the status read after it is as recent.
+    """
     start = clock()
     deadline = start + timeout_s
     assessments = 0
     while True:
-        problems = check_once(client, expected_etcd_pods=expected_etcd_pods)
+        stale = freshness.problems() if freshness is not None else ()
+        problems = (*stale, *check_once(client, expected_etcd_pods=expected_etcd_pods))
         assessments += 1
         now = clock()
         if not problems or now + poll_s > deadline:
@@ -189,7 +260,8 @@ def wait_for_steady_state(
 
 
 class SteadyStateGate:
-    """The health gate for one cluster: `check` assesses once, `wait` polls until steady or `timeout_s` passes."""
+    """The health gate for one cluster: `check` assesses once, `wait` polls until steady or `timeout_s` passes (and
+    every kubelet has renewed its Lease since `wait` began, see `LeaseFreshness`)."""
 
     def __init__(self, client: ApiClient, topology: Topology) -> None:
         self._client = client
@@ -200,4 +272,10 @@ class SteadyStateGate:
         return HealthReport(problems=check_once(self._client, expected_etcd_pods=self._expected_etcd_pods))
 
     def wait(self, timeout_s: float = STEADY_STATE_TIMEOUT_S) -> HealthReport:
-        return wait_for_steady_state(self._client, expected_etcd_pods=self._expected_etcd_pods, timeout_s=timeout_s)
+        """Poll until the cluster is in its steady state, as reported by every kubelet since this call began."""
+        return wait_for_steady_state(
+            self._client,
+            expected_etcd_pods=self._expected_etcd_pods,
+            timeout_s=timeout_s,
+            freshness=LeaseFreshness(self._client),
+        )

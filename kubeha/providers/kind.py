@@ -55,6 +55,8 @@ DOCKER_COMMAND_TIMEOUT_S = 60.0
 DOCKER_STOP_TIMEOUT_S = NODE_STOP_GRACE_S + DOCKER_COMMAND_TIMEOUT_S
 # How long a started container may take to report running.
 CONTAINER_START_TIMEOUT_S = 60.0
+# Where kind's node entrypoint records the node's addresses, and the `docker network connect` flag for each.
+NODE_ADDRESS_FILES = (("/kind/old-ipv4", "--ip"), ("/kind/old-ipv6", "--ip6"))
 # After a SIGHUP, haproxy's master re-executes; a broken configuration makes the container exit within this time.
 LOAD_BALANCER_RELOAD_SETTLE_S = 2.0
 
@@ -290,6 +292,7 @@ class KindProvider:
             return
         if state is NodeState.RUNNING:
             return
+        self._keep_address(container)
         self._docker.check(
             ("start", container),
             timeout_s=DOCKER_COMMAND_TIMEOUT_S,
@@ -301,6 +304,57 @@ class KindProvider:
             what=f"container {container} to run after docker start",
             fix=f"read `docker logs {container}`",
         )
+
+    def _last_address(self, container: str, path: str) -> str | None:
+        """The address kind's node entrypoint recorded in `path` of the (stopped) container, None if absent."""
+        result = self._docker.run(("cp", f"{container}:{path}", "-"), timeout_s=DOCKER_COMMAND_TIMEOUT_S)
+        if result.returncode != 0:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(result.stdout), mode="r:") as tar:
+            member = next((m for m in tar.getmembers() if m.isfile()), None)
+            extracted = None if member is None else tar.extractfile(member)
+            text = "" if extracted is None else extracted.read().decode(errors="replace").strip()
+        return text or None
+
+    def _keep_address(self, container: str) -> None:
+        """Reconnect a stopped node container to its network with the addresses it had, before it starts.
+
+        docker gives a restarted container the next free address of its network, not its own. kind's node
+        entrypoint then rewrites the manifests and kubeconfigs to the new address, but the certificates (etcd's,
+        the API server's) keep naming the old one, and two restarted nodes can even swap addresses: the control
+        plane breaks. The entrypoint records the address it last saw in /kind/old-ipv4 and /kind/old-ipv6.
+        """
+        wanted = [(flag, self._last_address(container, path)) for path, flag in NODE_ADDRESS_FILES]
+        flags = [part for flag, address in wanted if address for part in (flag, address)]
+        if not flags:
+            return
+        out = self._docker.check(
+            ("inspect", "--type", "container", "--format", "{{json .NetworkSettings.Networks}}", container),
+            timeout_s=DOCKER_COMMAND_TIMEOUT_S,
+            fix=f"check that container {container} exists (`docker ps -a`)",
+        )
+        networks = json.loads(out.decode())
+        if not isinstance(networks, dict) or len(networks) != 1:
+            return
+        network, settings = next(iter(networks.items()))
+        pinned = (settings or {}).get("IPAMConfig") or {}
+        if pinned.get("IPv4Address") == dict(wanted).get("--ip"):
+            return
+        self._docker.check(
+            ("network", "disconnect", network, container),
+            timeout_s=DOCKER_COMMAND_TIMEOUT_S,
+            fix=f"check `docker network inspect {network}`",
+        )
+        result = self._docker.run(("network", "connect", *flags, network, container), timeout_s=DOCKER_COMMAND_TIMEOUT_S)
+        if result.returncode != 0:
+            self._docker.run(("network", "connect", network, container), timeout_s=DOCKER_COMMAND_TIMEOUT_S)
+            message = result.stderr.decode(errors="replace").strip()[-500:]
+            raise ProviderError(
+                f"cannot give node {container} back its address ({' '.join(flags)}) on network {network}: {message}; "
+                "started with another address its certificates would not match: free that address and start it "
+                f"with `docker network disconnect {network} {container} && docker network connect "
+                f"{' '.join(flags)} {network} {container} && docker start {container}`"
+            )
 
     def pause_node(self, node: str) -> None:
         container = self._container(node)

@@ -1,0 +1,1 @@
+"""Conformance suites built on the kubeha framework."""
