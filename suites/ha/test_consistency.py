@@ -87,6 +87,7 @@ def _version_of(response: HttpResponse) -> str:
     return str(decoded["metadata"]["resourceVersion"])
 
 
+@pytest.mark.serial
 @pytest.mark.control(
     "HA-CONS-01",
     "Optimistic concurrency on every API server",
@@ -146,6 +147,7 @@ def test_stale_updates_conflict_on_every_api_server(
         fail(f"{len(accepted)} stale updates were not rejected with 409 Conflict: {accepted[0]}", *accepted[1:])
 
 
+@pytest.mark.serial
 @pytest.mark.control(
     "HA-CONS-02",
     "Watches resume across API server failover",

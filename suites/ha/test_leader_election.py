@@ -89,6 +89,7 @@ def _age_s(observation: LeaseObservation) -> float | None:
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.serial
 @pytest.mark.control(
     "HA-LE-01",
     "One active instance per leader-elected component",
@@ -305,6 +306,7 @@ def _after_fault(
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.serial
 @pytest.mark.control(
     "HA-LE-02",
     "Leader takeover after node loss",
@@ -341,6 +343,7 @@ def test_leader_takeover_after_node_loss(
         ),
     ],
 )
+@pytest.mark.serial
 @pytest.mark.control(
     "HA-LE-03",
     "Leader takeover after process stop",

@@ -29,4 +29,4 @@ def test_load_balancer_without_health_checks_fails_ha_api_01(restored: NegativeC
         run = restored.run_suite([TEST], tmp_path)
     restored_checks = parse_haproxy(restored.provider.load_balancer_config().text)
     assert restored_checks.detection_bound_s() is not None, "the original load balancer configuration was not restored"
-    run.assert_failed("HA-API-01", "no health check", "still failing")
+    run.assert_failed("HA-API-01", "no health check", "budget")

@@ -17,13 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from kubeha.cluster.discovery import ETCD_COMPONENT, PodInfo, parse_flags, parse_initial_cluster, read_kube_system_pods
+from kubeha.cluster.discovery import (
+    ETCD_COMPONENT,
+    PodInfo,
+    discover,
+    parse_flags,
+    parse_initial_cluster,
+    read_kube_system_pods,
+)
 from kubeha.core.topology import EtcdMode
 from kubeha.faults import component_stopped
 from kubeha.providers.base import Component
 from suites.ha._support.etcd import EtcdOutputError, EtcdPod, Etcdctl, MemberInfo, audit
 from suites.ha._support.haproxy import parse_haproxy
-from suites.ha._support.kube import readyz_ok, wait_for
+from suites.ha._support.kube import api_servers, readyz_ok, wait_for
 from suites.ha._support.podexec import ExecError, PodExec
 from tests.negative.harness import NegativeCluster
 
@@ -64,10 +71,15 @@ def test_two_member_etcd_fails_ha_etcd_01(restored: NegativeCluster, tmp_path: P
     peer_url = (flags.get("initial-advertise-peer-urls") or "").split(",")[0]
     data_dir = flags.get("data-dir") or DEFAULT_DATA_DIR
     survivor = EtcdPod.from_pod(next(pod for pod in pods if pod.node != target.node))
+    topology = discover(restored.client).topology
+    servers = api_servers(read_kube_system_pods(restored.client), {node.name: node.address for node in topology.nodes})
+    survivor_server = next(server for server in servers if server.node == survivor.node)
     checks = parse_haproxy(restored.provider.load_balancer_config().text)
     detection_s = checks.detection_bound_s() or 0.0
 
-    with PodExec(restored.endpoint) as execs:
+    # etcdctl goes through the survivor's own API server: the load balancer keeps sending some connections to the
+    # stopped one until its health checks notice.
+    with PodExec(survivor_server.endpoint(restored.endpoint)) as execs:
         etcdctl = Etcdctl(execs, survivor)
         before = etcdctl.snapshot()
         removed = _member(before.members, peer_url)

@@ -55,12 +55,15 @@ def fault_figures(subject: str, samples: Sequence[Sample], start: float, end: fl
     )
 
 
-def record_fault_figures(result: ResultRecorder, prefix: str, figures: FaultFigures) -> None:
-    """The figures every fault control reports (budgets are recorded by the caller's `require`)."""
+def record_fault_figures(result: ResultRecorder, prefix: str, figures: FaultFigures, *,
+                         outage_budgeted: bool = False) -> None:
+    """The figures every fault control reports. Budgets are recorded by the caller's `require`; with
+    `outage_budgeted` the caller records the longest outage itself, against its budget."""
     result.measure(f"{prefix} attempts during fault", figures.stats.count, "attempts")
     result.measure(f"{prefix} failed attempts during fault", figures.stats.failures, "attempts")
     result.measure(f"{prefix} availability during fault", round(figures.stats.availability, 4), "ratio")
-    result.measure(f"{prefix} longest outage", round(figures.stats.longest_outage_s, 3), "s")
+    if not outage_budgeted:
+        result.measure(f"{prefix} longest outage", round(figures.stats.longest_outage_s, 3), "s")
     if figures.stats.latency_p99_s is not None:
         result.measure(f"{prefix} p99 latency during fault", round(figures.stats.latency_p99_s, 3), "s")
     result.windows(figures.stats.windows)
