@@ -64,12 +64,13 @@ from kubeha.pytest_plugin.fixtures import kubeha_result as kubeha_result
 from kubeha.pytest_plugin.fixtures import kubeha_run as kubeha_run
 from kubeha.pytest_plugin.fixtures import provider as provider
 from kubeha.pytest_plugin.fixtures import steady_state as steady_state
-from kubeha.pytest_plugin.gate import CLUSTER_REQUIRED_FIXTURES
+from kubeha.pytest_plugin.gate import CLUSTER_REQUIRED_FIXTURES, DryRunGate
 from kubeha.pytest_plugin.gate import kubeha_gate as kubeha_gate
 from kubeha.pytest_plugin.markers import MARKERS, ControlSpec, ItemMarkers, Needs, item_markers, unmet_needs
 from kubeha.pytest_plugin.options import SETTINGS_KEY, Settings, parse_settings, settings
 from kubeha.pytest_plugin.options import pytest_addoption as pytest_addoption
 from kubeha.pytest_plugin.outcomes import NOT_RUN_PREFIX, not_run
+from kubeha.pytest_plugin.serial import cluster_setup
 from kubeha.pytest_plugin.providers import pytest_kubeha_make_provider as pytest_kubeha_make_provider
 from kubeha.pytest_plugin.reporting import SessionReporter
 from kubeha.pytest_plugin.results import ResultRecorder
@@ -97,6 +98,7 @@ __all__ = [
     "ResultRecorder",
     "RunContext",
     "Settings",
+    "cluster_setup",
     "item_markers",
     "not_run",
     "run_context",
@@ -114,6 +116,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     options = parse_settings(config)
     config.stash[SETTINGS_KEY] = options
+    config.pluginmanager.register(DryRunGate(), "kubeha-dry-run")
     if is_worker(config):
         context = worker_context(config)
         config.stash[RUN_KEY] = context

@@ -6,15 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kubeha.cluster.discovery import Discovery
+from kubernetes.client import ApiClient
+
+from kubeha.cluster.discovery import Discovery, discover
 from kubeha.cluster.health import HealthReport
-from kubeha.cluster.identity import ClusterIdentity
+from kubeha.cluster.identity import ClusterIdentity, read_identity
 from kubeha.consent import Consent, check_consent
 from kubeha.core import model
 from kubeha.core.topology import Topology
 from kubeha.pytest_plugin.runcontext import ClusterHandle
 
-__all__ = ["HealthGate", "KubehaCluster", "NO_CLUSTER_MESSAGE", "cluster_view"]
+__all__ = ["HealthGate", "KubehaCluster", "NO_CLUSTER_MESSAGE", "cluster_view", "read_cluster"]
 
 NO_CLUSTER_MESSAGE = (
     "this test needs a Kubernetes cluster but the session has none: pass --cluster kind for the embedded cluster or "
@@ -56,9 +58,10 @@ class HealthGate(Protocol):
     def wait(self, timeout_s: float = ...) -> HealthReport: ...
 
 
-def cluster_view(handle: ClusterHandle, discovery: Discovery) -> KubehaCluster:
+def cluster_view(handle: ClusterHandle, discovery: Discovery, identity: ClusterIdentity | None = None) -> KubehaCluster:
+    """The cluster from the session's handle and a discovery; `identity` as read now, else the handle's."""
     return KubehaCluster(
-        identity=handle.identity,
+        identity=handle.identity if identity is None else identity,
         kubeconfig=handle.kubeconfig,
         context=handle.context,
         topology=discovery.topology,
@@ -68,3 +71,10 @@ def cluster_view(handle: ClusterHandle, discovery: Discovery) -> KubehaCluster:
         lb_distinct_from_nodes=discovery.lb_distinct_from_nodes,
         discovery_notes=discovery.notes,
     )
+
+
+def read_cluster(handle: ClusterHandle, client: ApiClient) -> KubehaCluster:
+    """The session's cluster as this process reads it through `client`: identity and topology, with the consent given
+    at session start. The consent stays bound to the identity read then: if this process reaches another cluster,
+    `KubehaCluster.fault_refusal` says so and disruptive tests are not-run."""
+    return cluster_view(handle, discover(client), read_identity(client))

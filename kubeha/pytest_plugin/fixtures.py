@@ -12,15 +12,13 @@ import pytest
 from kubernetes.client import ApiClient
 
 from kubeha.cluster.client import KubeconfigTarget, new_api_client
-from kubeha.cluster.discovery import discover
 from kubeha.cluster.health import SteadyStateGate
-from kubeha.cluster.identity import read_identity
 from kubeha.coordination import Coordinator, Grant
 from kubeha.core.budget import Limits
 from kubeha.faults import FaultPlan, Journal
 from kubeha.providers import AttachProvider
 from kubeha.providers.base import Provider
-from kubeha.pytest_plugin.cluster import NO_CLUSTER_MESSAGE, KubehaCluster
+from kubeha.pytest_plugin.cluster import NO_CLUSTER_MESSAGE, KubehaCluster, read_cluster
 from kubeha.pytest_plugin.outcomes import not_run
 from kubeha.pytest_plugin.providers import ReadOnlyProvider, attach_refusal
 from kubeha.pytest_plugin.results import ResultRecorder, item_state
@@ -70,21 +68,7 @@ def kubeha_cluster(pytestconfig: pytest.Config, api_client: ApiClient) -> Kubeha
     handle = run_context(pytestconfig).cluster
     if handle is None:
         raise pytest.UsageError(NO_CLUSTER_MESSAGE)
-    identity = read_identity(api_client)
-    discovery = discover(api_client)
-    # The consent stays bound to the identity read at session start: if this process reaches another cluster,
-    # `KubehaCluster.fault_refusal` says so and disruptive tests are not-run.
-    return KubehaCluster(
-        identity=identity,
-        kubeconfig=handle.kubeconfig,
-        context=handle.context,
-        topology=discovery.topology,
-        embedded=handle.embedded,
-        name=handle.name,
-        consent=handle.consent,
-        lb_distinct_from_nodes=discovery.lb_distinct_from_nodes,
-        discovery_notes=discovery.notes,
-    )
+    return read_cluster(handle, api_client)
 
 
 @pytest.fixture(scope="session")

@@ -14,15 +14,16 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 
+from kubeha.cluster.client import KubeconfigTarget, new_api_client
 from kubeha.cluster.health import HealthReport
 from kubeha.coordination import BudgetImpossible, BudgetTimeout, Coordinator
 from kubeha.core.budget import Claim, Limits, ResourceKind
 from kubeha.faults import FaultPlan, Journal
 from kubeha.providers import AttachProvider
 from kubeha.providers.base import Provider
-from kubeha.pytest_plugin.cluster import HealthGate, KubehaCluster
-from kubeha.pytest_plugin.markers import unmet_needs
-from kubeha.pytest_plugin.outcomes import not_run
+from kubeha.pytest_plugin.cluster import HealthGate, KubehaCluster, read_cluster
+from kubeha.pytest_plugin.markers import item_markers, unmet_needs
+from kubeha.pytest_plugin.outcomes import DRY_RUN_REASON, not_run
 from kubeha.pytest_plugin.providers import attach_refusal
 from kubeha.pytest_plugin.recovery import undo_own_faults
 from kubeha.pytest_plugin.results import item_state
@@ -31,14 +32,13 @@ from kubeha.pytest_plugin.serial import serial_lock
 
 __all__ = [
     "CLAIM_TIMEOUT_S",
+    "DryRunGate",
     "CLUSTER_REQUIRED_FIXTURES",
-    "DRY_RUN_REASON",
     "DRY_RUN_SECTION",
     "GATE_CLAIM_TIMEOUT_S",
     "kubeha_gate",
 ]
 
-DRY_RUN_REASON = "dry run"
 DRY_RUN_SECTION = "kubeha dry run"
 
 # Named bounds of the waits the gate makes.
@@ -50,6 +50,43 @@ CLUSTER_REQUIRED_FIXTURES = frozenset(
     {"kubeha_cluster", "api_client", "provider", "kubeha_provider", "journal", "fault_budget", "fault_coordinator",
      "steady_state"}
 )
+
+
+class DryRunGate:
+    """In a dry run, ends every cluster test as not-run in ``pytest_runtest_setup``, before any of its fixtures runs
+    (module-scoped ones would create resources on the cluster), after adding the plan of a disruptive one to its
+    report. Registered by `kubeha.plugin` in every process."""
+
+    def __init__(self) -> None:
+        self._cluster: KubehaCluster | None = None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        context = item.config.stash.get(RUN_KEY, None)
+        if context is None or not context.dry_run or context.cluster is None:
+            return
+        markers = item_markers(item)
+        fixturenames = set(getattr(item, "fixturenames", ()))
+        if not (CLUSTER_REQUIRED_FIXTURES & fixturenames or markers.claim is not None or markers.needs is not None):
+            return
+        cluster = self._read_cluster(context)
+        if markers.needs is not None:
+            unmet = unmet_needs(markers.needs, cluster.topology)
+            if unmet is not None:
+                not_run(unmet)
+        if markers.claim is not None:
+            item.add_report_section("setup", DRY_RUN_SECTION, _dry_run_plan(markers.claim, cluster))
+        not_run(DRY_RUN_REASON)
+
+    def _read_cluster(self, context: RunContext) -> KubehaCluster:
+        if self._cluster is None:
+            assert context.cluster is not None
+            client = new_api_client(KubeconfigTarget(context.cluster.kubeconfig, context.cluster.context), read_only=True)
+            try:
+                self._cluster = read_cluster(context.cluster, client)
+            finally:
+                client.close()  # type: ignore[no-untyped-call]
+        return self._cluster
 
 
 @pytest.fixture(autouse=True, name="_kubeha_gate")
@@ -74,7 +111,7 @@ def kubeha_gate(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> 
         unmet = unmet_needs(markers.needs, cluster.topology)
         if unmet is not None:
             not_run(unmet)
-    if context.dry_run:
+    if context.dry_run:  # `DryRunGate` ends the tests of a session cluster before their fixtures run
         if markers.claim is not None:
             request.node.add_report_section("setup", DRY_RUN_SECTION, _dry_run_plan(markers.claim, cluster))
         not_run(DRY_RUN_REASON)

@@ -6,9 +6,11 @@ from typing import NoReturn
 
 import pytest
 
-__all__ = ["NOT_RUN_PREFIX", "not_run", "skip_reason"]
+__all__ = ["DRY_RUN_REASON", "NOT_RUN_PREFIX", "not_run", "skip_reason"]
 
 NOT_RUN_PREFIX = "not-run: "
+# Why every cluster test of a dry run is not-run.
+DRY_RUN_REASON = "dry run"
 
 
 def not_run(reason: str) -> NoReturn:

@@ -3,6 +3,11 @@
 Every cluster test holds a shared ``flock`` on the run directory's ``serial.lock``; a serial test holds it exclusive.
 A serial test announces itself in ``serial-waiting/`` while it waits, and new sharers hold back meanwhile, so that it
 is not starved. Waits are bounded by `SERIAL_LOCK_TIMEOUT_S`, after which the test is not-run.
+
+Fixtures wider than one test (module or session scope) are set up before the per-test gate takes the lock, so those
+that create or delete cluster resources wrap that work in `cluster_setup`: it holds the lock shared, like a
+non-serial test, so that set-up never runs during a serial test (a quorum-loss test would make it fail, and it would
+disturb what a serial test measures).
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import os
 import time
 from collections.abc import Iterator
 
-from kubeha.pytest_plugin.outcomes import not_run
-from kubeha.pytest_plugin.runcontext import RunContext
+import pytest
 
-__all__ = ["SERIAL_LOCK_POLL_S", "SERIAL_LOCK_TIMEOUT_S", "serial_lock"]
+from kubeha.pytest_plugin.outcomes import DRY_RUN_REASON, not_run
+from kubeha.pytest_plugin.runcontext import RunContext, run_context
+
+__all__ = ["SERIAL_LOCK_POLL_S", "SERIAL_LOCK_TIMEOUT_S", "cluster_setup", "serial_lock"]
 
 SERIAL_LOCK_TIMEOUT_S = 3600.0  # a serial test waiting for the cluster to itself (or others waiting for it)
 SERIAL_LOCK_POLL_S = 0.5
@@ -60,3 +67,15 @@ def serial_lock(context: RunContext, nodeid: str, exclusive: bool) -> Iterator[N
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def cluster_setup(request: pytest.FixtureRequest, what: str) -> Iterator[None]:
+    """Hold the cluster for `what`, the set-up or tear-down a module- or session-scoped fixture does on it, as a
+    non-serial test does: never while a serial test runs. In a dry run the fixture's tests are not-run instead, since
+    the set-up would touch the cluster. Do not nest it, nor use it inside a test (the test already holds the lock)."""
+    context = run_context(request.config)
+    if context.dry_run:
+        not_run(DRY_RUN_REASON)
+    with serial_lock(context, f"{request.node.nodeid} [{what}]", exclusive=False):
+        yield

@@ -293,6 +293,76 @@ def test_unit():
     assert not (pytester.path / "out" / "reports" / "fake-report.json").exists()
 
 
+def test_dry_run_never_sets_up_module_fixtures_that_use_cluster_setup(pytester: pytest.Pytester) -> None:
+    fake_cluster(pytester)
+    pytester.makepyfile(
+        '''
+from pathlib import Path
+
+import pytest
+
+from kubeha.plugin import cluster_setup
+
+@pytest.fixture(scope="module")
+def workload(request, kubeha_cluster):
+    with cluster_setup(request, "workload set-up"):
+        Path("set-up-ran").write_text("yes")
+    yield
+
+def test_uses_workload(workload):
+    pass
+'''
+    )
+    result = run(pytester, "--dry-run")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["NOT-RUN *test_uses_workload: dry run"])
+    assert not (pytester.path / "set-up-ran").exists()
+
+
+def test_cluster_setup_waits_while_a_serial_test_runs(pytester: pytest.Pytester) -> None:
+    """Module set-up in another xdist worker starts only once the serial test has finished."""
+    fake_cluster(pytester)
+    pytester.makepyfile(
+        test_serial='''
+import time
+from pathlib import Path
+
+import pytest
+
+@pytest.mark.serial
+def test_serial(kubeha_cluster):
+    Path("serial-started").write_text(str(time.time()))
+    time.sleep(3)
+    Path("serial-ended").write_text(str(time.time()))
+''',
+        test_module_env='''
+import time
+from pathlib import Path
+
+import pytest
+
+from kubeha.plugin import cluster_setup
+
+@pytest.fixture(scope="module")
+def env(request, kubeha_cluster):
+    deadline = time.monotonic() + 30
+    while not Path("serial-started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with cluster_setup(request, "env set-up"):
+        Path("set-up-at").write_text(str(time.time()))
+    yield
+
+def test_with_env(env):
+    pass
+''',
+    )
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=2)
+    ended = float((pytester.path / "serial-ended").read_text())
+    set_up = float((pytester.path / "set-up-at").read_text())
+    assert set_up >= ended, f"module set-up ran {ended - set_up:.2f} s before the serial test ended"
+
+
 # -- fault budget, health gate, results -----------------------------------------------------------------------------------
 
 
