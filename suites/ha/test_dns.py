@@ -39,7 +39,7 @@ from suites.ha._dataplane.workloads import (
 )
 from kubeha.core.topology import Role
 from kubeha.faults import Journal, node_stopped
-from kubeha.plugin import KubehaCluster, ResultRecorder, not_run
+from kubeha.plugin import KubehaCluster, ResultRecorder, cluster_setup, not_run
 from kubeha.providers.base import Provider
 from suites.ha._support.podexec import PodExec
 
@@ -77,12 +77,13 @@ def dns_env(request: pytest.FixtureRequest, api_client: ApiClient, kubeha_cluste
             dataplane_exec: PodExec) -> Iterator[DnsEnv]:
     workers = worker_names(kubeha_cluster.topology)
     with module_namespace(request, api_client, "dns") as ns, module_namespace(request, api_client, "dnsx") as other:
-        echo = create_echo_backend(api_client, ns.name, "echo", len(workers), workers)
-        create_service(api_client, ns.name, service_body("echo-headless", "echo", headless=True))
-        remote = create_service(api_client, other.name, service_body("remote", "remote"))
-        node = workers[0]
-        create_pod(api_client, ns.name, probe_pod(PROBE_POD, node))
-        wait_pod_running(api_client, ns.name, PROBE_POD)
+        with cluster_setup(request, "DNS set-up"):
+            echo = create_echo_backend(api_client, ns.name, "echo", len(workers), workers)
+            create_service(api_client, ns.name, service_body("echo-headless", "echo", headless=True))
+            remote = create_service(api_client, other.name, service_body("remote", "remote"))
+            node = workers[0]
+            create_pod(api_client, ns.name, probe_pod(PROBE_POD, node))
+            wait_pod_running(api_client, ns.name, PROBE_POD)
         domain = kubelet_dns(api_client, node).cluster_domain
         if not domain:
             raise AssertionError(f"the kubelet of {node} reports no clusterDomain in its configuration: pods cannot "

@@ -252,9 +252,11 @@ def test_etcd_refuses_writes_without_quorum_and_recovers_intact(
             time.sleep(QUORUM_LOSS_HOLD_S)
             restore_t = time.monotonic()
         restored_t = time.monotonic()
+        # Restoring the first member brings a majority back: quorum recovery is timed from when it runs again.
+        quorum_back_t = back.restored_mono[0] if back.restored_mono else restored_t
 
         def acknowledged_after_restore() -> float | None:
-            later = [r for r in traffic.writes.records() if r.t_mono >= restore_t and r.outcome is WriteOutcome.OK]
+            later = [r for r in traffic.writes.records() if r.t_mono >= quorum_back_t and r.outcome is WriteOutcome.OK]
             return later[0].t_mono if later else None
 
         try:
@@ -269,10 +271,13 @@ def test_etcd_refuses_writes_without_quorum_and_recovers_intact(
         traffic.stop()
     during = [record for record in traffic.writes.records() if lost_t <= record.t_mono < restore_t]
     acknowledged = [record for record in during if record.outcome is WriteOutcome.OK]
-    recovery_s = first_ok - restore_t
+    recovery_s = first_ok - quorum_back_t
     kubeha_result.measure("writes_attempted_without_quorum", len(during), "writes",
                           budget=MIN_WRITES_WITHOUT_QUORUM, comparison=Comparison.AT_LEAST)
     kubeha_result.measure("writes_acknowledged_without_quorum", len(acknowledged), "writes", budget=0)
+    # How long the provider took to have the first member running again: kubelet restarts a static pod whose
+    # manifest came back only after failing to delete its mirror pod, which takes API timeouts without quorum.
+    kubeha_result.measure("etcd_quorum_member_restart_s", quorum_back_t - restore_t, "s")
     kubeha_result.measure("etcd_members_back_s", restored_t - restore_t, "s")
     kubeha_result.measure("quorum_recovery_s", recovery_s, "s", budget=recovery.value)
     kubeha_result.evidence("writes", traffic.writes.report().summary())
@@ -286,7 +291,8 @@ def test_etcd_refuses_writes_without_quorum_and_recovers_intact(
         fail(f"only {len(during)} writes were attempted while quorum was lost, at least {MIN_WRITES_WITHOUT_QUORUM} "
              "are needed to show that writes fail")
     if recovery_s > recovery.value:
-        fail(f"writes recovered {recovery_s:.2f} s after the etcd members were restarted, budget {recovery.value:.2f} s")
+        fail(f"writes recovered {recovery_s:.2f} s after a majority of etcd members ran again, budget "
+             f"{recovery.value:.2f} s")
     health: HealthReport = steady_state.wait()
     kubeha_result.evidence("health after restore", health.describe())
     if not health.ok:

@@ -40,7 +40,7 @@ from suites.ha._dataplane.workloads import EchoBackend, create_echo_backend
 from kubeha.cluster.client import REQUEST_TIMEOUT_S
 from kubeha.core.topology import Node, Role
 from kubeha.faults import Journal, node_stopped
-from kubeha.plugin import KubehaCluster, ResultRecorder, not_run
+from kubeha.plugin import KubehaCluster, ResultRecorder, cluster_setup, not_run
 from kubeha.providers.base import Provider
 
 DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
@@ -74,6 +74,15 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Programmed:
+    """How long after their creation the Ingress rules of one kind (plain or TLS) were first served right on every
+    ingress node, measured while the module set up, or what was still wrong when the wait ended."""
+
+    after_s: float | None
+    last_problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class IngressEnv:
     ns: DataplaneNamespace
     ingress_class: str
@@ -82,11 +91,10 @@ class IngressEnv:
     beta: EchoBackend
     routes: tuple[Route, ...]
     ca: CertificateAuthority
-    created_mono: float
+    programmed: dict[bool, Programmed]  # by Route.tls
 
     def target(self, node: Node, route: Route) -> HttpTarget:
-        return HttpTarget(name=f"{node.name} {route.describe()}", address=node.address, host=route.host,
-                          path=route.path, tls=self.ca.client_context() if route.tls else None)
+        return _target(self.ca, node, route)
 
 
 def _ingress_class(client: ApiClient) -> str:
@@ -133,6 +141,14 @@ def ingress_env(request: pytest.FixtureRequest, api_client: ApiClient,
     workers = worker_names(kubeha_cluster.topology)
     ingress_class = _ingress_class(api_client)
     with module_namespace(request, api_client, "ing") as ns:
+        env = _set_up(request, api_client, ns, ingress_class, nodes, workers)
+        yield env
+
+
+def _set_up(request: pytest.FixtureRequest, api_client: ApiClient, ns: DataplaneNamespace, ingress_class: str,
+            nodes: tuple[Node, ...], workers: tuple[str, ...]) -> IngressEnv:
+    """The backends, TLS Secrets and Ingresses, created while no serial test runs; their propagation measured."""
+    with cluster_setup(request, "ingress set-up"):
         alpha = create_echo_backend(api_client, ns.name, "alpha", len(workers), workers)
         beta = create_echo_backend(api_client, ns.name, "beta", len(workers), workers)
         suffix = f"{ns.name}.{HOST_DOMAIN}"
@@ -161,8 +177,9 @@ def ingress_env(request: pytest.FixtureRequest, api_client: ApiClient,
             Route(paths, "/gamma", None), Route(unknown, "/", None),
             Route(secure_alpha, "/", alpha, tls=True), Route(secure_beta, "/", beta, tls=True),
         )
-        yield IngressEnv(ns=ns, ingress_class=ingress_class, nodes=nodes, alpha=alpha, beta=beta, routes=routes,
-                         ca=ca, created_mono=created)
+        programmed = _wait_programmed(ca, nodes, routes, created)
+    return IngressEnv(ns=ns, ingress_class=ingress_class, nodes=nodes, alpha=alpha, beta=beta, routes=routes,
+                      ca=ca, programmed=programmed)
 
 
 def _verdict(route: Route, status: int, body: str) -> str | None:
@@ -176,39 +193,69 @@ def _verdict(route: Route, status: int, body: str) -> str | None:
     return None
 
 
-def _check_routes(env: IngressEnv, nodes: Sequence[Node], routes: Sequence[Route]) -> list[str]:
+def _target(ca: CertificateAuthority, node: Node, route: Route) -> HttpTarget:
+    return HttpTarget(name=f"{node.name} {route.describe()}", address=node.address, host=route.host,
+                      path=route.path, tls=ca.client_context() if route.tls else None)
+
+
+def _check_routes(ca: CertificateAuthority, nodes: Sequence[Node], routes: Sequence[Route]) -> list[str]:
     problems = []
     for node in nodes:
         for route in routes:
-            target = env.target(node, route)
+            target = _target(ca, node, route)
             try:
                 answer = http_request(target)
             except HttpError as error:
-                problems.append(f"{target.describe()}: {error.error_class} ({error.detail})")
+                problems.append(f"ingress node {target.describe()}: {error.error_class} ({error.detail})")
                 continue
             wrong = _verdict(route, answer.status, answer.body)
             if wrong:
-                problems.append(f"{target.describe()}: {wrong}")
+                problems.append(f"ingress node {target.describe()}: {wrong}")
     return problems
 
 
-def wait_routed(env: IngressEnv, routes: Sequence[Route]) -> float:
-    """Wait until every ingress node answers every route correctly; seconds since the Ingresses were created."""
-    wait_until(lambda: "; ".join(_check_routes(env, env.nodes, routes)) or None, timeout_s=PROPAGATION_TIMEOUT_S,
+def _wait_programmed(ca: CertificateAuthority, nodes: Sequence[Node], routes: Sequence[Route],
+                     created: float) -> dict[bool, Programmed]:
+    """Poll the plain and the TLS routes on every ingress node until each set is served right or
+    `PROPAGATION_TIMEOUT_S` passes; never raises, the routing controls judge what it found."""
+    found: dict[bool, Programmed] = {}
+    deadline = created + PROPAGATION_TIMEOUT_S
+    while True:
+        for tls in (False, True):
+            if tls in found:
+                continue
+            problems = _check_routes(ca, nodes, [r for r in routes if r.tls is tls])
+            if not problems:
+                found[tls] = Programmed(time.monotonic() - created, ())
+            elif time.monotonic() >= deadline:
+                found[tls] = Programmed(None, tuple(problems))
+        if len(found) == 2:
+            return found
+        time.sleep(PROPAGATION_POLL_S)
+
+
+def wait_routed(env: IngressEnv, routes: Sequence[Route]) -> None:
+    """Wait until every ingress node answers every route correctly (before a fault is measured)."""
+    wait_until(lambda: "; ".join(_check_routes(env.ca, env.nodes, routes)) or None, timeout_s=PROPAGATION_TIMEOUT_S,
                what=f"{len(env.nodes)} ingress node(s) ({', '.join(f'{n.name} {n.address}' for n in env.nodes)}) "
                     f"routing the test's Ingresses (class {env.ingress_class})", poll_s=PROPAGATION_POLL_S)
-    return time.monotonic() - env.created_mono
 
 
-def _routing_control(env: IngressEnv, result: ResultRecorder, routes: Sequence[Route]) -> None:
-    programmed_s = wait_routed(env, routes)
-    problems = _check_routes(env, env.nodes, routes)
+def _routing_control(env: IngressEnv, result: ResultRecorder, tls: bool) -> None:
+    routes = [r for r in env.routes if r.tls is tls]
     result.evidence("routes", "\n".join(f"{r.describe()} -> {r.backend.name if r.backend else '404'}"
                                         for r in routes))
     result.evidence("ingress nodes", ", ".join(f"{n.name} {n.address}" for n in env.nodes))
     result.measure("requests checked", len(env.nodes) * len(routes), "requests")
+    programmed = env.programmed[tls]
+    if programmed.after_s is None:
+        raise AssertionError(
+            f"the Ingress rules (class {env.ingress_class}) were not served right on every ingress node within "
+            f"{PROPAGATION_TIMEOUT_S:.0f} s of their creation; {len(programmed.last_problems)} request(s) still "
+            "wrong: " + "; ".join(programmed.last_problems))
+    problems = _check_routes(env.ca, env.nodes, routes)
     broken = [p for p in (
-        require(result, "rules served after", programmed_s, "s", PROPAGATION_BUDGET_S,
+        require(result, "rules served after", programmed.after_s, "s", PROPAGATION_BUDGET_S,
                 broken="the Ingress rules were served on every ingress node {value:.1f} s after creation, budget "
                        "{budget:.0f} s"),
         require(result, "wrong answers", len(problems), "requests", 0,
@@ -223,7 +270,7 @@ def _routing_control(env: IngressEnv, result: ResultRecorder, routes: Sequence[R
     "path prefix, and MUST answer a host or path no rule matches from the default backend with 404",
 )
 def test_routes_http(ingress_env: IngressEnv, kubeha_result: ResultRecorder) -> None:
-    _routing_control(ingress_env, kubeha_result, [r for r in ingress_env.routes if not r.tls])
+    _routing_control(ingress_env, kubeha_result, tls=False)
 
 
 @pytest.mark.control(
@@ -232,7 +279,7 @@ def test_routes_http(ingress_env: IngressEnv, kubeha_result: ResultRecorder) -> 
     "and route the request to the host's backend",
 )
 def test_routes_https_sni(ingress_env: IngressEnv, kubeha_result: ResultRecorder) -> None:
-    _routing_control(ingress_env, kubeha_result, [r for r in ingress_env.routes if r.tls])
+    _routing_control(ingress_env, kubeha_result, tls=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

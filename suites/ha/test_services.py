@@ -36,7 +36,7 @@ from suites.ha._dataplane.workloads import (
     wait_pod_running,
 )
 from kubeha.cluster.client import REQUEST_TIMEOUT_S
-from kubeha.plugin import KubehaCluster, ResultRecorder, not_run
+from kubeha.plugin import KubehaCluster, ResultRecorder, cluster_setup, not_run
 from suites.ha._support.podexec import PodExec
 
 __all__ = ["dataplane_exec"]  # the fixture, re-exported so that pytest finds it in this module
@@ -63,12 +63,13 @@ class SvcEnv:
 def svc_env(request: pytest.FixtureRequest, api_client: ApiClient, kubeha_cluster: KubehaCluster) -> Iterator[SvcEnv]:
     workers = worker_names(kubeha_cluster.topology)
     with module_namespace(request, api_client, "svc") as ns:
-        echo = create_echo_backend(api_client, ns.name, "echo", REPLICAS_PER_WORKER * len(workers), workers)
-        node_port_service = create_service(api_client, ns.name, service_body("echo-nodeport", "echo",
-                                                                             service_type="NodePort"))
-        node_port = int(field(node_port_service, "spec", "ports")[0]["nodePort"])
-        create_pod(api_client, ns.name, probe_pod(PROBE_POD, workers[0]))
-        wait_pod_running(api_client, ns.name, PROBE_POD)
+        with cluster_setup(request, "service set-up"):
+            echo = create_echo_backend(api_client, ns.name, "echo", REPLICAS_PER_WORKER * len(workers), workers)
+            node_port_service = create_service(api_client, ns.name, service_body("echo-nodeport", "echo",
+                                                                                 service_type="NodePort"))
+            node_port = int(field(node_port_service, "spec", "ports")[0]["nodePort"])
+            create_pod(api_client, ns.name, probe_pod(PROBE_POD, workers[0]))
+            wait_pod_running(api_client, ns.name, PROBE_POD)
         yield SvcEnv(ns=ns, echo=echo, node_port=node_port)
 
 

@@ -16,7 +16,7 @@ import pytest
 from kubernetes.client import ApiClient
 
 from kubeha.core.topology import Node, Role, Topology
-from kubeha.plugin import ResultRecorder, not_run, run_context
+from kubeha.plugin import ResultRecorder, cluster_setup, not_run, run_context
 from kubeha.probes.credentials import ApiEndpoint
 from suites.ha._support.kube import create_namespace, delete_namespace
 from suites.ha._support.podexec import PodExec
@@ -77,20 +77,25 @@ class DataplaneNamespace:
 @contextlib.contextmanager
 def module_namespace(request: pytest.FixtureRequest, client: ApiClient, purpose: str,
                      extra_dumps: Sequence[tuple[str, Callable[[], str]]] = ()) -> Iterator[DataplaneNamespace]:
-    """Create the namespace (kubeha-ha-<random>); on the way out dump it if a test failed since, then delete it."""
+    """Create the namespace (kubeha-ha-<random>); on the way out dump it if a test failed since, then delete it.
+
+    Both happen while no serial test runs (`cluster_setup`); so must what the fixture creates in the namespace.
+    """
     failed_before = request.session.testsfailed
-    name = create_namespace(client, purpose)
+    with cluster_setup(request, f"namespace {purpose}: create"):
+        name = create_namespace(client, purpose)
     namespace = DataplaneNamespace(client, name, dataplane_dump_dir(request.config), extra_dumps)
     try:
         yield namespace
     finally:
-        try:
-            if request.session.testsfailed > failed_before:
-                path = namespace.dump("teardown")
-                # Shown with the failing test's report (teardown output of the module's last test).
-                print(f"kubeha: namespace {name} dumped to {path}")
-        finally:
-            delete_namespace(client, name)
+        with cluster_setup(request, f"namespace {name}: delete"):
+            try:
+                if request.session.testsfailed > failed_before:
+                    path = namespace.dump("teardown")
+                    # Shown with the failing test's report (teardown output of the module's last test).
+                    print(f"kubeha: namespace {name} dumped to {path}")
+            finally:
+                delete_namespace(client, name)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ Debian tools image (loaded by the cluster add-ons) with dig and curl.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "echo_deployment",
     "pods_by_node",
     "probe_pod",
+    "restart_rollout",
     "service_body",
     "wait_pod_running",
 ]
@@ -58,6 +60,7 @@ TERMINATION_GRACE_S = 2
 READINESS_PERIOD_S = 1
 ROLLOUT_TIMEOUT_S = 180.0
 POD_RUNNING_TIMEOUT_S = 120.0
+RESTARTED_AT_ANNOTATION = "kubeha.io/restarted-at"
 
 
 def _pod_spec_common() -> dict[str, Any]:
@@ -100,6 +103,9 @@ def echo_deployment(name: str, replicas: int, workers: Sequence[str], *,
                 "topologyKey": HOSTNAME_LABEL,
                 "whenUnsatisfiable": "DoNotSchedule",
                 "labelSelector": {"matchLabels": labels},
+                # Spread each revision on its own: a restarted rollout places its pods evenly whatever the old
+                # ones' placement was.
+                "matchLabelKeys": ["pod-template-hash"],
                 # A node tainted unreachable is not a place to spread to: replacements go to the nodes left.
                 "nodeTaintsPolicy": "Honor",
                 "nodeAffinityPolicy": "Honor",
@@ -239,6 +245,18 @@ def create_echo_backend(client: ApiClient, namespace: str, name: str, replicas: 
                         what=f"echo deployment {namespace}/{name} with {replicas} ready replicas")
     return EchoBackend(namespace=namespace, name=name, replicas=replicas,
                        cluster_ip=str(field(service, "spec", "clusterIP")), rollout_s=waited)
+
+
+def restart_rollout(client: ApiClient, namespace: str, name: str, *, timeout_s: float = ROLLOUT_TIMEOUT_S) -> float:
+    """Replace every replica of the Deployment (as ``kubectl rollout restart`` does) and wait until the new ones are
+    all ready and the old ones gone; returns the seconds waited. The new replicas are placed by the scheduler now, on
+    the nodes as they are now: faults before (a stopped worker whose replicas moved away) leave no trace."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    AppsV1Api(client).patch_namespaced_deployment(
+        name, namespace, {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}},
+        _request_timeout=REQUEST_TIMEOUT_S)
+    return wait_until(lambda: deployment_problem(client, namespace, name), timeout_s=timeout_s,
+                      what=f"deployment {namespace}/{name} restarted with every new replica ready")
 
 
 def create_pod(client: ApiClient, namespace: str, body: Mapping[str, Any]) -> None:

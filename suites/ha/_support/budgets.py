@@ -94,8 +94,8 @@ CONFIG_KEYS: Mapping[str, tuple[str, str]] = MappingProxyType(
                                "Service's EndpointSlices"),
         "endpoint_readmission_s": ("seconds", "HA-API-05: time for a restarted API server to be listed again"),
         "etcd_election_s": ("seconds", "HA-ETCD-04: time from the etcd leader's death to a new leader"),
-        "quorum_recovery_s": ("seconds", "HA-ETCD-03: time from restarting the etcd members to the first "
-                              "acknowledged write"),
+        "quorum_recovery_s": ("seconds", "HA-ETCD-03: time from a majority of etcd members running again to the "
+                              "first acknowledged write"),
         "leader_takeover_s": ("seconds", "HA-LE-02, HA-LE-03: time from the Lease holder's loss to a new holder"),
         "controller_action_s": ("seconds", "HA-LE-02, HA-LE-03: time for the new leader to act (pods created, pod "
                                 "scheduled)"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -31,6 +31,9 @@ class Back:
     faults: tuple[FaultRecord, ...]
     seconds: float | None = None
     problem: str = ""
+    # Monotonic instants at which each fault's restoration returned, in the order restored (the reverse of the
+    # injection order); the provider returns once the node or component runs again.
+    restored_mono: list[float] = field(default_factory=list)
 
     @property
     def first(self) -> FaultRecord:
@@ -51,8 +54,13 @@ def until_back(*faults: AbstractContextManager[FaultRecord], wait: Callable[[flo
     failed = True
     try:
         with ExitStack() as stack:
-            records = tuple(stack.enter_context(fault) for fault in faults)
-            back = Back(records)
+            restored: list[float] = []
+            entered: list[FaultRecord] = []
+            for fault in faults:
+                # Pushed before the fault, so it runs right after the fault is restored (exit order is LIFO).
+                stack.callback(lambda: restored.append(time.monotonic()))
+                entered.append(stack.enter_context(fault))
+            back = Back(tuple(entered), restored_mono=restored)
             try:
                 yield back
             finally:
