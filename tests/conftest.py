@@ -29,13 +29,7 @@ def pytest_kubeha_cluster_required(config: pytest.Config) -> bool | None:
 
 # Tests written against the real cluster that have not yet passed there end to end. They are deselected by
 # `./run tests` (CI) with `-m "not wip"` and run by `./run tests-all`; each entry says what is missing.
-WIP_PATHS: dict[Path, str] = {
-    TESTS_DIR / "negative": "negative checks not yet green against the embedded cluster",
-    TESTS_DIR / "integration" / "test_chaos_experiments.py":
-        "the quorum-loss experiment's rollback left two control-plane nodes stopped in a CI run",
-    TESTS_DIR / "integration" / "test_framework_live.py": "not yet run to green against the embedded cluster",
-    TESTS_DIR / "integration" / "test_ha_suite_run.py": "the HA suite is not yet green as a whole with -n 4",
-}
+WIP_PATHS: dict[Path, str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
