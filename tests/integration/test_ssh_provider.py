@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.kind.api import ClusterError, ensure_apt_packages
+from fixtures.kind.progress import Progress
 from kubeha.faults import Journal, node_isolated, pending, replay
 from kubeha.faults.faults import load_balancer_config_replaced
 from kubeha.providers.base import CapabilityError, Component, LoadBalancerConfig, NodeState, ProviderError
@@ -38,6 +40,7 @@ from kubeha.providers.ssh import SshProvider
 pytestmark = pytest.mark.integration
 
 SSHD = "/usr/sbin/sshd"
+SSHD_PACKAGE = "openssh-server"  # Debian's; installed here when missing, as the cluster's own packages are
 SSHD_READY_TIMEOUT_S = 15.0
 COMMAND_TIMEOUT_S = 30.0
 FAKE_KUBELET_DELAY_S = 0.5
@@ -186,7 +189,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if reason is not None:
         pytest.skip(reason)
     if not Path(SSHD).exists():
-        pytest.fail(f"{SSHD} is missing: install Debian's openssh-server (apt-get install openssh-server)")
+        try:
+            ensure_apt_packages((SSHD_PACKAGE,), Progress())
+        except ClusterError as error:
+            pytest.fail(f"{SSHD} is missing and could not be installed: {error}", pytrace=False)
+        if not Path(SSHD).exists():
+            pytest.fail(f"{SSHD} is still missing after installing {SSHD_PACKAGE}", pytrace=False)
     base = tmp_path_factory.mktemp("ssh-lab")
     token = secrets.token_hex(3)
     octet = _free_octet()
