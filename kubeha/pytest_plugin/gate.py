@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import NoReturn
 
 import pytest
 
@@ -32,9 +33,9 @@ from kubeha.pytest_plugin.serial import serial_lock
 
 __all__ = [
     "CLAIM_TIMEOUT_S",
-    "DryRunGate",
     "CLUSTER_REQUIRED_FIXTURES",
     "DRY_RUN_SECTION",
+    "DryRunGate",
     "GATE_CLAIM_TIMEOUT_S",
     "kubeha_gate",
 ]
@@ -74,9 +75,7 @@ class DryRunGate:
             unmet = unmet_needs(markers.needs, cluster.topology)
             if unmet is not None:
                 not_run(unmet)
-        if markers.claim is not None:
-            item.add_report_section("setup", DRY_RUN_SECTION, _dry_run_plan(markers.claim, cluster))
-        not_run(DRY_RUN_REASON)
+        _end_dry_run(item, markers.claim, cluster)
 
     def _read_cluster(self, context: RunContext) -> KubehaCluster:
         if self._cluster is None:
@@ -112,9 +111,7 @@ def kubeha_gate(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> 
         if unmet is not None:
             not_run(unmet)
     if context.dry_run:  # `DryRunGate` ends the tests of a session cluster before their fixtures run
-        if markers.claim is not None:
-            request.node.add_report_section("setup", DRY_RUN_SECTION, _dry_run_plan(markers.claim, cluster))
-        not_run(DRY_RUN_REASON)
+        _end_dry_run(request.node, markers.claim, cluster)
     with serial_lock(context, nodeid, exclusive=markers.serial):
         claim = markers.claim
         if claim is None:
@@ -179,6 +176,13 @@ def _health_gate(context: RunContext, coordinator: Coordinator, gate: HealthGate
         return []
     mark_unhealthy(context, f"the cluster did not return to its steady state after {nodeid}: {report.describe()}")
     return [f"the cluster did not return to its steady state after this test: {report.describe()}"]
+
+
+def _end_dry_run(item: pytest.Item, claim: Claim | None, cluster: KubehaCluster) -> NoReturn:
+    """Not-run for the dry run, with the plan of a disruptive test in its report."""
+    if claim is not None:
+        item.add_report_section("setup", DRY_RUN_SECTION, _dry_run_plan(claim, cluster))
+    not_run(DRY_RUN_REASON)
 
 
 def _dry_run_plan(claim: Claim, cluster: KubehaCluster) -> str:
