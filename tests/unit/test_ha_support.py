@@ -34,7 +34,8 @@ from suites.ha._support.etcd import (
 )
 from suites.ha._support.haproxy import parse_haproxy, parse_haproxy_time, without_failure_detection
 from suites.ha._support.impact import recovery_of
-from suites.ha._support.podexec import parse_exit_status
+from suites.ha._dataplane.kube import WaitTimeout, wait_until
+from suites.ha._support.podexec import ExecError, parse_exit_status
 from suites.ha._support.shape import ClusterShape
 from suites.ha._support.watch import WatchEvent, judge_watch
 
@@ -439,3 +440,25 @@ def test_set_command_flag_rewrites_or_inserts() -> None:
     assert "    - kube-controller-manager\n    - --leader-elect=false\n" in added
     with pytest.raises(ValueError, match="kube-scheduler"):
         set_command_flag(KCM_MANIFEST, "kube-scheduler", "leader-elect", "false")
+
+
+def test_wait_until_treats_a_failed_exec_as_not_yet() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ExecError("exec of `dig` failed: SSLError: EOF occurred in violation of protocol")
+        return None
+
+    assert wait_until(flaky, timeout_s=5, what="a lookup", poll_s=0.01) >= 0
+    assert len(calls) == 2
+
+
+def test_wait_until_reports_the_last_exec_failure() -> None:
+    def failing() -> str | None:
+        raise ExecError("exec of `dig` failed: connection refused")
+
+    with pytest.raises(WaitTimeout, match="a lookup: not reached within 0 s; last state: exec through the API "
+                                          "failed: exec of `dig` failed: connection refused"):
+        wait_until(failing, timeout_s=0, what="a lookup", poll_s=0.01)

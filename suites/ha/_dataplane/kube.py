@@ -19,6 +19,7 @@ from urllib3.exceptions import HTTPError
 
 from kubeha.cluster.client import REQUEST_TIMEOUT_S
 from suites.ha._support.kube import describe_error
+from suites.ha._support.podexec import ExecError
 from suites.ha._support.kube import dump_namespace as dump_workloads
 
 __all__ = [
@@ -80,8 +81,9 @@ class WaitTimeout(AssertionError):
 def wait_until(check: Callable[[], str | None], *, timeout_s: float, what: str, poll_s: float = POLL_S) -> float:
     """Call `check` until it returns None (done) or `timeout_s` passes; returns the seconds waited.
 
-    `check` returns a description of what is still missing. API errors while waiting count as "not yet" (the API
-    may be failing over) and are reported as the last state if the wait expires.
+    `check` returns a description of what is still missing. API errors while waiting, including an exec the API
+    could not run (its connection went to an API server that had just died), count as "not yet" (the API may be
+    failing over) and are reported as the last state if the wait expires.
     """
     start = time.monotonic()
     deadline = start + timeout_s
@@ -91,6 +93,8 @@ def wait_until(check: Callable[[], str | None], *, timeout_s: float, what: str, 
             state = check()
         except (ApiException, HTTPError, OSError) as error:
             state = f"API request failed: {describe_error(error)}"
+        except ExecError as error:
+            state = f"exec through the API failed: {error}"
         if state is None:
             return time.monotonic() - start
         last = state
