@@ -136,9 +136,19 @@ class InnerRun:
         return f"`{' '.join(self.command[2:])}` exited {self.returncode} after {self.duration_s:.0f} s"
 
 
-def inner_command(case: Path, work: Path, *options: str) -> list[str]:
+# Runs pytest with SIGINT raising KeyboardInterrupt, as in a terminal. Python leaves SIGINT ignored when it starts
+# with it ignored, and a shell that runs a command in the background without job control (`cmd &` in a script, as CI
+# runners may) starts it so: the interrupted session would then never see the interrupt.
+INTERRUPTIBLE_PYTEST = (
+    "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.exit(pytest.console_main())"
+)
+
+
+def inner_command(case: Path, work: Path, *options: str, interruptible: bool = False) -> list[str]:
+    launcher = ["-c", INTERRUPTIBLE_PYTEST] if interruptible else ["-m", "pytest"]
     return [
-        sys.executable, "-m", "pytest", str(case.relative_to(REPO)),
+        sys.executable, *launcher, str(case.relative_to(REPO)),
         "-o", "python_files=case_*.py", "-p", "no:cacheprovider",
         "--report-dir", str(work / "reports"), "--junitxml", str(work / "junit.xml"),
         *options,
@@ -559,7 +569,7 @@ def test_sigint_in_the_middle_of_a_fault_restores_the_node(
     marker = tmp_path / "fault-in-place.json"
     work = tmp_path / "interrupted"
     log_path = tmp_path / "interrupted.log"
-    command = inner_command(CASE_INTERRUPT, work, "--cluster", "kind", "--keep-cluster")
+    command = inner_command(CASE_INTERRUPT, work, "--cluster", "kind", "--keep-cluster", interruptible=True)
     env = inner_env(state_home, {"KUBEHA_CASE_NODE": target, "KUBEHA_CASE_MARKER": str(marker)})
     started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
