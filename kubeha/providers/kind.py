@@ -292,7 +292,7 @@ class KindProvider:
             return
         if state is NodeState.RUNNING:
             return
-        self._keep_address(container)
+        unpinned = self._keep_address(container)
         self._docker.check(
             ("start", container),
             timeout_s=DOCKER_COMMAND_TIMEOUT_S,
@@ -304,6 +304,17 @@ class KindProvider:
             what=f"container {container} to run after docker start",
             fix=f"read `docker logs {container}`",
         )
+        if unpinned is not None:
+            network, old = unpinned
+            now = self._address(container, network)
+            if now != old:
+                raise ProviderError(
+                    f"node {node} came back at {now or 'no address'} on docker network {network}, not at its old "
+                    f"address {old}: its certificates and etcd peer URL name {old}, so the control plane breaks (two "
+                    f"nodes restarted together can swap addresses). The network has no fixed subnet, so the address "
+                    "could not be pinned: create the cluster with `./run python -m fixtures.kind create` (its nodes "
+                    "get a network with a fixed subnet), or restart nodes one at a time"
+                )
 
     def _last_address(self, container: str, path: str) -> str | None:
         """The address kind's node entrypoint recorded in `path` of the (stopped) container, None if absent."""
@@ -316,8 +327,26 @@ class KindProvider:
             text = "" if extracted is None else extracted.read().decode(errors="replace").strip()
         return text or None
 
-    def _keep_address(self, container: str) -> None:
+    def _networks(self, container: str) -> object:
+        """The container's `NetworkSettings.Networks` as docker reports it (network name to endpoint settings)."""
+        out = self._docker.check(
+            ("inspect", "--type", "container", "--format", "{{json .NetworkSettings.Networks}}", container),
+            timeout_s=DOCKER_COMMAND_TIMEOUT_S,
+            fix=f"check that container {container} exists (`docker ps -a`)",
+        )
+        return json.loads(out.decode())
+
+    def _address(self, container: str, network: str) -> str | None:
+        networks = self._networks(container)
+        settings = networks.get(network) if isinstance(networks, dict) else None
+        address = settings.get("IPAddress") if isinstance(settings, dict) else None
+        return str(address) if address else None
+
+    def _keep_address(self, container: str) -> tuple[str, str] | None:
         """Reconnect a stopped node container to its network with the addresses it had, before it starts.
+
+        Returns (network, old IPv4 address) when docker refused to pin the address, so that the caller can check
+        which address the node got; None when it was pinned or there is nothing to pin.
 
         docker gives a restarted container the next free address of its network, not its own. kind's node
         entrypoint then rewrites the manifests and kubeconfigs to the new address, but the certificates (etcd's,
@@ -327,19 +356,15 @@ class KindProvider:
         wanted = [(flag, self._last_address(container, path)) for path, flag in NODE_ADDRESS_FILES]
         flags = [part for flag, address in wanted if address for part in (flag, address)]
         if not flags:
-            return
-        out = self._docker.check(
-            ("inspect", "--type", "container", "--format", "{{json .NetworkSettings.Networks}}", container),
-            timeout_s=DOCKER_COMMAND_TIMEOUT_S,
-            fix=f"check that container {container} exists (`docker ps -a`)",
-        )
-        networks = json.loads(out.decode())
+            return None
+        networks = self._networks(container)
         if not isinstance(networks, dict) or len(networks) != 1:
-            return
+            return None
         network, settings = next(iter(networks.items()))
         pinned = (settings or {}).get("IPAMConfig") or {}
-        if pinned.get("IPv4Address") == dict(wanted).get("--ip"):
-            return
+        old_ipv4 = dict(wanted).get("--ip")
+        if pinned.get("IPv4Address") == old_ipv4:
+            return None
         self._docker.check(
             ("network", "disconnect", network, container),
             timeout_s=DOCKER_COMMAND_TIMEOUT_S,
@@ -347,14 +372,16 @@ class KindProvider:
         )
         result = self._docker.run(("network", "connect", *flags, network, container), timeout_s=DOCKER_COMMAND_TIMEOUT_S)
         if result.returncode != 0:
-            # Networks without a user-configured subnet (kind creates its network that way) refuse fixed addresses.
-            # Reconnect plainly: docker's IPAM hands out the lowest free address, which is the node's own when
-            # nothing else took it meanwhile; the readiness checks after the restart show whether it came back.
+            # Networks without a user-configured subnet (kind creates its network that way; fixtures.kind creates
+            # one with a fixed subnet) refuse fixed addresses. Reconnect plainly: docker's IPAM hands out the lowest
+            # free address, which is the node's own when nothing else took it meanwhile; start_node checks that.
             self._docker.check(
                 ("network", "connect", network, container),
                 timeout_s=DOCKER_COMMAND_TIMEOUT_S,
                 fix=f"reconnect it by hand with `docker network connect {network} {container}`",
             )
+            return (network, old_ipv4) if old_ipv4 else None
+        return None
 
     def pause_node(self, node: str) -> None:
         container = self._container(node)

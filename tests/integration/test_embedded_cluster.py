@@ -131,3 +131,41 @@ def test_stopping_a_control_plane_node_gap_then_recovery(kubeconfig: Path, journ
     assert len(healthy) == EXPECTED_CONTROL_PLANES, f"etcd health after restart: {members}"
     left = pending(journal.cluster_id, state_dir=journal.directory.parent)
     assert not left, f"the fault left undo entries pending: {left}"
+
+
+def node_address(container: str) -> str:
+    out = subprocess.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                          container], capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    assert len(out) == 1, f"{container} is on {len(out)} docker networks: {out}"
+    return out[0]
+
+
+def test_two_control_plane_nodes_restarted_together_keep_their_addresses(kubeconfig: Path, journal: Journal) -> None:
+    """Two control-plane nodes stopped at once and started in the order that invites a swap (the node with the
+    higher address first, so that docker's lowest-free-address allocation would hand it the other's) come back at
+    their own addresses, which their certificates and etcd peer URLs name, and etcd is whole again."""
+    provider = KindProvider(api.DEFAULT_CLUSTER_NAME)
+    names = [f"{api.DEFAULT_CLUSTER_NAME}-control-plane", f"{api.DEFAULT_CLUSTER_NAME}-control-plane2"]
+    before = {name: node_address(name) for name in names}
+    low, high = sorted(names, key=lambda name: tuple(int(part) for part in before[name].split(".")))
+    # Faults are restored innermost first: `high` starts while `low`'s address is still free.
+    with node_stopped(provider, low, journal=journal, hard=True):
+        with node_stopped(provider, high, journal=journal, hard=True):
+            time.sleep(2.0)
+    after = {name: node_address(name) for name in names}
+    print(f"\naddresses before {before}, after {after} (started {high} first)")
+    assert after == before, f"control-plane nodes restarted together changed addresses: before {before}, after {after}"
+    ready_s = wait_for(lambda: check_health(kubeconfig, expected_nodes=5, kubectl=api._kubectl()).ready,
+                       NODE_READY_TIMEOUT_S, f"{low} and {high} Ready again and kube-system Running")
+    via = f"etcd-{api.DEFAULT_CLUSTER_NAME}-control-plane3"
+
+    def etcd_whole() -> bool:
+        members = etcd_member_health(kubeconfig, via)
+        healthy = [m for m in members if m.get("health") is True]
+        assert len(healthy) == EXPECTED_CONTROL_PLANES, f"etcd health: {members}"
+        return True
+
+    etcd_s = wait_for(etcd_whole, NODE_READY_TIMEOUT_S, f"{EXPECTED_CONTROL_PLANES} healthy etcd members")
+    print(f"cluster ready {ready_s:.0f} s after the restart; etcd whole {etcd_s:.0f} s later")
+    left = pending(journal.cluster_id, state_dir=journal.directory.parent)
+    assert not left, f"the faults left undo entries pending: {left}"
