@@ -119,6 +119,8 @@ def test_cluster_ip_reaches_all_endpoints(svc_env: SvcEnv, api_client: ApiClient
     "A NodePort Service MUST answer on its node port at the address of every node of the cluster, control-plane "
     "nodes included, with a response from one of its endpoints",
 )
+# Every node must be up: a node another test holds down cannot answer, and that says nothing about NodePorts.
+@pytest.mark.serial
 def test_node_port_on_every_node(svc_env: SvcEnv, kubeha_cluster: KubehaCluster, dataplane_exec: PodExec,
                                  kubeha_result: ResultRecorder) -> None:
     env = svc_env
@@ -198,6 +200,8 @@ def _mode_from_log(client: ApiClient, pod: str) -> str | None:
     "HA-SVC-04", "kube-proxy runs in its configured mode on every node",
     "Every node MUST run kube-proxy, and each MUST report the proxy mode its configuration names",
 )
+# Every node must be up: the mode is read from each node's kube-proxy, through its kubelet.
+@pytest.mark.serial
 def test_kube_proxy_mode(api_client: ApiClient, kubeha_cluster: KubehaCluster,
                          kubeha_result: ResultRecorder) -> None:
     configured = kube_proxy_configured_mode(api_client)

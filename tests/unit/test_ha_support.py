@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from kubernetes.client.exceptions import ApiException
 
 from kubeha.core.outage import Sample
 from kubeha.core.quorum import fault_tolerance
@@ -35,7 +36,7 @@ from suites.ha._support.etcd import (
 from suites.ha._support.haproxy import parse_haproxy, parse_haproxy_time, without_failure_detection
 from suites.ha._support.impact import recovery_of
 from suites.ha._dataplane.kube import WaitTimeout, wait_until
-from suites.ha._support.podexec import ExecError, parse_exit_status
+from suites.ha._support.podexec import ExecError, is_connection_failure, parse_exit_status
 from suites.ha._support.shape import ClusterShape
 from suites.ha._support.watch import WatchEvent, judge_watch
 
@@ -462,3 +463,12 @@ def test_wait_until_reports_the_last_exec_failure() -> None:
     with pytest.raises(WaitTimeout, match="a lookup: not reached within 0 s; last state: exec through the API "
                                           "failed: exec of `dig` failed: connection refused"):
         wait_until(failing, timeout_s=0, what="a lookup", poll_s=0.01)
+
+
+def test_exec_open_retried_only_for_connection_failures() -> None:
+    assert is_connection_failure(ApiException(status=0, reason="[SSL: UNEXPECTED_EOF_WHILE_READING]"))
+    assert is_connection_failure(ApiException(status=503, reason="Service Unavailable"))
+    assert is_connection_failure(ConnectionResetError("reset by peer"))
+    assert not is_connection_failure(ApiException(status=404, reason="Not Found"))
+    assert not is_connection_failure(ApiException(status=403, reason="Forbidden"))
+    assert not is_connection_failure(ValueError("bad argument"))

@@ -31,7 +31,7 @@ from websocket import WebSocketException
 
 from kubeha.probes.credentials import ApiEndpoint
 
-__all__ = ["ExecError", "ExecResult", "ExecSession", "PodExec", "parse_exit_status"]
+__all__ = ["ExecError", "ExecResult", "ExecSession", "PodExec", "is_connection_failure", "parse_exit_status"]
 
 STDOUT_CHANNEL = 1
 STDERR_CHANNEL = 2
@@ -43,7 +43,21 @@ DETAIL_CHARS = 500
 # Extra time for the exec thread to hand over its result after the command's own deadline.
 RESULT_SLACK_S = 2.0
 
+# Opening the exec stream is retried this often when the connection itself failed (the load balancer can hand a new
+# connection to an API server that has just died while another test holds a control-plane node down): the command
+# has not started then, so a retry cannot run it twice.
+OPEN_ATTEMPTS = 3
+OPEN_RETRY_DELAY_S = 1.0
+
 _EXEC_ERRORS = (ApiException, HTTPError, WebSocketException, OSError, ssl.SSLError, ValueError)
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    """Whether opening an exec stream failed before the API server took the request (or with a 5xx from a server
+    shutting down), as opposed to an answer such as 403 or 404 that a retry would only repeat."""
+    if isinstance(error, ApiException):
+        return not error.status or error.status >= 500
+    return isinstance(error, (HTTPError, WebSocketException, OSError, ssl.SSLError))
 
 
 class ExecError(RuntimeError):
@@ -117,6 +131,17 @@ class PodExec:
         self.close()
 
     def _open(self, namespace: str, pod: str, container: str, argv: Sequence[str]) -> object:
+        """Open the exec stream, on a new connection up to `OPEN_ATTEMPTS` times while the connection fails."""
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                return self._open_once(namespace, pod, container, argv)
+            except _EXEC_ERRORS as error:
+                if attempt == OPEN_ATTEMPTS or not is_connection_failure(error):
+                    raise
+            time.sleep(OPEN_RETRY_DELAY_S)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _open_once(self, namespace: str, pod: str, container: str, argv: Sequence[str]) -> object:
         with self._lock:
             return stream(
                 CoreV1Api(self._client).connect_get_namespaced_pod_exec,
