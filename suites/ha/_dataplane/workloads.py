@@ -18,13 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, V1Deployment, V1Pod, V1Service
+from kubernetes.client.exceptions import ApiException
 
 from fixtures.kind.versions import IMAGES, PINS
 from kubeha.cluster.client import REQUEST_TIMEOUT_S
 
 from .kube import as_json, field, items, model, wait_until
 
+# HTTP status of a create whose object already exists.
+CONFLICT = 409
+
 __all__ = [
+    "create_service_during_fault",
     "AGNHOST_IMAGE",
     "ECHO_PORT",
     "EchoBackend",
@@ -232,6 +237,28 @@ def create_service(client: ApiClient, namespace: str, body: Mapping[str, Any]) -
     created = CoreV1Api(client).create_namespaced_service(namespace, model(V1Service, body),
                                                           _request_timeout=REQUEST_TIMEOUT_S)
     return as_json(created)
+
+
+def create_service_during_fault(client: ApiClient, namespace: str, body: Mapping[str, Any], *,
+                                timeout_s: float) -> dict[str, Any]:
+    """Create the Service while the API may be failing over: a request that fails in transit (the load balancer
+    handed it to an API server that had just died) is retried until `timeout_s`; when a retry finds the Service
+    already there (409) because a lost answer had in fact created it, that Service is returned."""
+    name = str(field(body, "metadata", "name"))
+    created: dict[str, Any] = {}
+
+    def create() -> str | None:
+        try:
+            created.update(create_service(client, namespace, body))
+        except ApiException as error:
+            if error.status != CONFLICT:
+                raise
+            created.update(as_json(CoreV1Api(client).read_namespaced_service(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT_S)))
+        return None
+
+    wait_until(create, timeout_s=timeout_s, what=f"Service {namespace}/{name} created")
+    return created
 
 
 def create_echo_backend(client: ApiClient, namespace: str, name: str, replicas: int, workers: Sequence[str], *,
