@@ -19,8 +19,8 @@ from urllib3.exceptions import HTTPError
 
 from kubeha.cluster.client import REQUEST_TIMEOUT_S
 from suites.ha._support.kube import describe_error
-from suites.ha._support.podexec import ExecError
 from suites.ha._support.kube import dump_namespace as dump_workloads
+from suites.ha._support.podexec import ExecError
 
 __all__ = [
     "DUMP_LOG_LINES",

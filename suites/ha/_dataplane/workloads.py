@@ -29,7 +29,6 @@ from .kube import as_json, field, items, model, wait_until
 CONFLICT = 409
 
 __all__ = [
-    "create_service_during_fault",
     "AGNHOST_IMAGE",
     "ECHO_PORT",
     "EchoBackend",
@@ -40,6 +39,7 @@ __all__ = [
     "create_pod",
     "is_ready",
     "create_service",
+    "create_service_during_fault",
     "deployment_problem",
     "echo_deployment",
     "pods_by_node",

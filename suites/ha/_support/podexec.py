@@ -132,14 +132,14 @@ class PodExec:
 
     def _open(self, namespace: str, pod: str, container: str, argv: Sequence[str]) -> object:
         """Open the exec stream, on a new connection up to `OPEN_ATTEMPTS` times while the connection fails."""
-        for attempt in range(1, OPEN_ATTEMPTS + 1):
+        for _ in range(OPEN_ATTEMPTS - 1):
             try:
                 return self._open_once(namespace, pod, container, argv)
             except _EXEC_ERRORS as error:
-                if attempt == OPEN_ATTEMPTS or not is_connection_failure(error):
+                if not is_connection_failure(error):
                     raise
             time.sleep(OPEN_RETRY_DELAY_S)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        return self._open_once(namespace, pod, container, argv)
 
     def _open_once(self, namespace: str, pod: str, container: str, argv: Sequence[str]) -> object:
         with self._lock:
