@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.kind import api
+from fixtures.kind.network import NODE_NETWORK, pinned_address
 from fixtures.kind.readiness import ReadinessError, check_health
 from kubeha.core.outage import ProbeStats
 from kubeha.faults.faults import node_stopped
@@ -169,3 +170,42 @@ def test_two_control_plane_nodes_restarted_together_keep_their_addresses(kubecon
     print(f"cluster ready {ready_s:.0f} s after the restart; etcd whole {etcd_s:.0f} s later")
     left = pending(journal.cluster_id, state_dir=journal.directory.parent)
     assert not left, f"the faults left undo entries pending: {left}"
+
+
+@pytest.mark.disruptive(exclusive=True, reason="stops every container of the cluster, as a host reboot does")
+def test_cluster_stopped_as_by_a_reboot_comes_back_at_its_recorded_addresses(kubeconfig: Path) -> None:
+    """After the docker engine or the host restarts, every container of the cluster is stopped (their restart policy
+    is off, so the engine does not start them in its own order with fresh addresses); `ensure_cluster` starts them
+    pinned to the addresses recorded at creation, and the same cluster is ready again, not a recreated one."""
+    name = api.DEFAULT_CLUSTER_NAME
+    containers = [c for c, _ in api._containers(name)]
+    recorded = api._recorded_addresses(name)
+    assert sorted(recorded) == sorted(containers), (
+        f"addresses recorded for {sorted(recorded)}, but the cluster has {sorted(containers)}: it was created before "
+        "addresses were recorded; delete it (`./run python -m fixtures.kind delete`) and run again")
+    policies = {c: subprocess.run(["docker", "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", c],
+                                  capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+                for c in containers}
+    assert set(policies.values()) == {"no"}, f"the engine would restart these containers itself: {policies}"
+    uid = kubectl(kubeconfig, "get", "namespace", "kube-system", "-o", "jsonpath={.metadata.uid}")
+    subprocess.run(["docker", "stop", "--time", "10", *containers], capture_output=True, check=True,
+                   timeout=300)
+    # As kind created them: no container pinned (an earlier restart may have pinned some). Unpinned, docker hands
+    # out addresses in start order (load balancer first, then by name), not in creation order.
+    for container in containers:
+        for args in (("disconnect", NODE_NETWORK, container), ("connect", NODE_NETWORK, container)):
+            subprocess.run(["docker", "network", *args], capture_output=True, check=True, timeout=60)
+    assert {c: pinned_address(c) for c in containers} == dict.fromkeys(containers)
+    started = time.monotonic()
+    cluster = api.ensure_cluster(name)
+    ready_s = time.monotonic() - started
+    after = {c: node_address(c) for c in containers}
+    print(f"\nrecorded {recorded}\nafter the restart {after}\nready {ready_s:.0f} s after `ensure_cluster` began")
+    assert not cluster.created, "ensure_cluster recreated the cluster instead of starting the stopped one"
+    assert after == recorded, f"containers came back at other addresses: recorded {recorded}, now {after}"
+    assert {c: pinned_address(c) for c in containers} == recorded, "ensure_cluster did not pin the addresses"
+    assert kubectl(kubeconfig, "get", "namespace", "kube-system", "-o", "jsonpath={.metadata.uid}") == uid
+    via = f"etcd-{name}-control-plane"
+    etcd_s = wait_for(lambda: len([m for m in etcd_member_health(kubeconfig, via) if m.get("health") is True])
+                      == EXPECTED_CONTROL_PLANES, NODE_READY_TIMEOUT_S, f"{EXPECTED_CONTROL_PLANES} healthy etcd members")
+    print(f"etcd whole {etcd_s:.0f} s after the cluster was ready")
