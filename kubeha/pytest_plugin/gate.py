@@ -1,7 +1,8 @@
 """The per-test gate: an autouse fixture that enforces the kubeha markers around every test that uses the cluster.
 
 In this order: ``needs`` (too small a cluster: not-run), dry run (print the plan, not-run), the serial lock (shared,
-or exclusive for ``serial``), and for a ``disruptive`` test: the cluster's health, consent, a provider that can act,
+or exclusive for ``serial``), the steady turn (a test neither serial nor disruptive runs while no disruptive test
+does), and for a ``disruptive`` test: the cluster's health, consent, a provider that can act,
 then the claim from the cross-process fault budget, held around the test. After a disruptive test its own faults
 still in place are undone and the health gate waits, alone in the fault budget, for the steady state; a cluster that
 does not return to it makes the test error and every later disruptive test not-run.
@@ -29,7 +30,7 @@ from kubeha.pytest_plugin.providers import attach_refusal
 from kubeha.pytest_plugin.recovery import undo_own_faults
 from kubeha.pytest_plugin.results import item_state
 from kubeha.pytest_plugin.runcontext import RUN_KEY, RunContext, mark_unhealthy, record_event, unhealthy_reason
-from kubeha.pytest_plugin.serial import serial_lock
+from kubeha.pytest_plugin.serial import serial_lock, steady_turn
 
 __all__ = [
     "CLAIM_TIMEOUT_S",
@@ -112,7 +113,8 @@ def kubeha_gate(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> 
             not_run(unmet)
     if context.dry_run:  # `DryRunGate` ends the tests of a session cluster before their fixtures run
         _end_dry_run(request.node, markers.claim, cluster)
-    with serial_lock(context, nodeid, exclusive=markers.serial):
+    with serial_lock(context, nodeid, exclusive=markers.serial), \
+            steady_turn(context, nodeid, serial=markers.serial, disruptive=markers.claim is not None):
         claim = markers.claim
         if claim is None:
             yield

@@ -154,6 +154,14 @@ class RunContext:
     def serial_waiting_dir(self) -> Path:
         return self.run_dir / "serial-waiting"
 
+    @property
+    def steady_lock_path(self) -> Path:
+        return self.run_dir / "steady.lock"
+
+    @property
+    def steady_waiting_dir(self) -> Path:
+        return self.run_dir / "steady-waiting"
+
     def to_workerinput(self) -> str:
         document: JsonObject = {
             "run_id": self.run_id,

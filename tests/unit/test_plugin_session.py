@@ -363,6 +363,41 @@ def test_with_env(env):
     assert set_up >= ended, f"module set-up ran {ended - set_up:.2f} s before the serial test ended"
 
 
+def test_steady_state_tests_never_overlap_a_disruptive_test_nor_each_other(pytester: pytest.Pytester) -> None:
+    """A test neither serial nor disruptive runs while no disruptive test does, and alone among its kind; started
+    together in three xdist workers, the three intervals are disjoint."""
+    fake_cluster(pytester)
+    body = '''
+import time
+from pathlib import Path
+
+import pytest
+
+def interval(name, seconds):
+    start = time.time()
+    time.sleep(seconds)
+    Path(f"{name}.interval").write_text(f"{start} {time.time()}")
+
+@pytest.mark.disruptive(workers=1, reason="holds a worker down")
+def test_fault(kubeha_cluster, provider):
+    interval("fault", 2.0)
+
+def test_steady_a(kubeha_cluster):
+    interval("steady-a", 1.0)
+
+def test_steady_b(kubeha_cluster):
+    interval("steady-b", 1.0)
+'''
+    pytester.makepyfile(test_mixed=body)
+    result = run(pytester, "-n", "3")
+    result.assert_outcomes(passed=3)
+    spans = {name: tuple(float(x) for x in (pytester.path / f"{name}.interval").read_text().split())
+             for name in ("fault", "steady-a", "steady-b")}
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    overlaps = [(a, b) for (a, (_, a_end)), (b, (b_start, _)) in zip(ordered, ordered[1:]) if b_start < a_end]
+    assert not overlaps, f"overlapping tests: {overlaps} ({spans})"
+
+
 # -- fault budget, health gate, results -----------------------------------------------------------------------------------
 
 
