@@ -30,6 +30,7 @@ from kubeha.providers.kind import KindProvider
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # One suite run: session start (identity, discovery, health gate), the test with its faults, the health gate after.
+SUITE_OUTPUT_FILE = "pytest-output.txt"
 SUITE_RUN_TIMEOUT_S = 1200.0
 DOCKER_TIMEOUT_S = 60.0
 # The cluster must be back in its steady state within this long after a broken variant is undone.
@@ -139,7 +140,12 @@ class NegativeCluster:
         done = subprocess.run(
             argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=SUITE_RUN_TIMEOUT_S, check=False
         )
-        return SuiteRun(argv, done.returncode, done.stdout + done.stderr, read_results(report_dir))
+        output = done.stdout + done.stderr
+        # Kept beside the inner run's reports: pytest keeps a failed test's tmp_path, so the output stays readable
+        # even when the outer session is stopped before it prints its failures.
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / SUITE_OUTPUT_FILE).write_text(output)
+        return SuiteRun(argv, done.returncode, output, read_results(report_dir))
 
 
 def set_command_flag(manifest: str, program: str, flag: str, value: str) -> str:
