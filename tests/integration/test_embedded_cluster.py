@@ -62,10 +62,19 @@ def etcd_member_health(kubeconfig: Path, via_pod: str) -> list[dict[str, object]
 
 
 def test_three_control_planes_behind_the_load_balancer_and_two_workers_ready(kubeconfig: Path) -> None:
-    """Done-when 1: through the LB, 3 control-plane and 2 worker nodes Ready, kube-system Running, /readyz ok."""
-    health = check_health(kubeconfig, expected_nodes=EXPECTED_CONTROL_PLANES + EXPECTED_WORKERS,
-                          kubectl=api._kubectl())
-    assert health.ready, health.describe()
+    """Done-when 1: through the LB, 3 control-plane and 2 worker nodes Ready, kube-system Running, /readyz ok.
+
+    Waited for (bounded): the tests before this one (chaos experiments) restart nodes and components, and a pod
+    restarted by their rollback may still be starting."""
+    expected = EXPECTED_CONTROL_PLANES + EXPECTED_WORKERS
+
+    def ready() -> bool:
+        health = check_health(kubeconfig, expected_nodes=expected, kubectl=api._kubectl())
+        assert health.ready, health.describe()
+        return True
+
+    waited_s = wait_for(ready, NODE_READY_TIMEOUT_S, f"{expected} nodes Ready, kube-system Running, /readyz ok")
+    health = check_health(kubeconfig, expected_nodes=expected, kubectl=api._kubectl())
     assert (health.control_planes, health.workers) == (EXPECTED_CONTROL_PLANES, EXPECTED_WORKERS), health.describe()
     server = kubectl(kubeconfig, "config", "view", "-o", "jsonpath={.clusters[0].cluster.server}")
     lb = subprocess.run(["docker", "port", f"{api.DEFAULT_CLUSTER_NAME}-external-load-balancer", "6443/tcp"],
@@ -74,7 +83,7 @@ def test_three_control_planes_behind_the_load_balancer_and_two_workers_ready(kub
     config = subprocess.run(["docker", "exec", f"{api.DEFAULT_CLUSTER_NAME}-external-load-balancer", "cat",
                              "/usr/local/etc/haproxy/haproxy.cfg"], capture_output=True, text=True, check=True).stdout
     assert "option httpchk GET /healthz" in config and config.count("check-ssl") == EXPECTED_CONTROL_PLANES
-    print(f"\n{health.describe()}; kubeconfig server {server} is the load balancer")
+    print(f"\n{health.describe()} (after {waited_s:.0f} s); kubeconfig server {server} is the load balancer")
 
 
 @pytest.fixture
