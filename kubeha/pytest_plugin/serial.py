@@ -42,6 +42,7 @@ SERIAL_LOCK_POLL_S = 0.5
 def _turn(lock_path: Path, waiting_dir: Path, nodeid: str, exclusive: bool, *, waiting_for: str,
           held_back_by: str) -> Iterator[None]:
     """A ``flock`` on `lock_path`, shared or exclusive; a waiting exclusive holder goes before new sharers."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     waiting_dir.mkdir(parents=True, exist_ok=True)
     waiting = waiting_dir / hashlib.sha256(nodeid.encode()).hexdigest()[:20]
     deadline = time.monotonic() + SERIAL_LOCK_TIMEOUT_S
@@ -76,7 +77,6 @@ def _turn(lock_path: Path, waiting_dir: Path, nodeid: str, exclusive: bool, *, w
 @contextlib.contextmanager
 def serial_lock(context: RunContext, nodeid: str, exclusive: bool) -> Iterator[None]:
     """Shared for every cluster test, exclusive for a serial one; a waiting serial test goes before new sharers."""
-    context.run_dir.mkdir(parents=True, exist_ok=True)
     with _turn(context.serial_lock_path, context.serial_waiting_dir, nodeid, exclusive,
                waiting_for="every other cluster test to finish (the test is serial)",
                held_back_by="serial tests to finish"):
@@ -90,7 +90,6 @@ def steady_turn(context: RunContext, nodeid: str, *, serial: bool, disruptive: b
     if serial:
         yield
         return
-    context.run_dir.mkdir(parents=True, exist_ok=True)
     with _turn(context.steady_lock_path, context.steady_waiting_dir, nodeid, not disruptive,
                waiting_for="running disruptive tests to finish (a steady-state test runs while no fault is in place)",
                held_back_by="steady-state tests to finish"):
